@@ -1,0 +1,78 @@
+# kiln: one non-recursive Makefile. `make help` lists the targets.
+
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+BUILD    ?= build
+PREFIX   ?= /usr/local
+BINDIR   ?= $(PREFIX)/bin
+MANDIR   ?= $(PREFIX)/share/man
+DESTDIR  ?=
+SAN      ?=
+WERROR   ?= -Werror
+
+PKGS     := liburing libzstd libxxhash sqlite3
+WARN     := -Wall -Wextra -Wshadow -Wvla -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
+            -Wpointer-arith -Wwrite-strings -Wundef -Wno-missing-field-initializers
+CPPFLAGS += -D_GNU_SOURCE -MMD -MP -Iengine/include -Iengine $(shell pkg-config --cflags $(PKGS))
+ALL_CFLAGS = $(CFLAGS) -std=gnu11 -pthread $(WARN) $(WERROR) $(SAN)
+LDLIBS   := $(shell pkg-config --libs $(PKGS)) -pthread
+ALL_LDFLAGS = $(LDFLAGS) $(SAN)
+
+ENGINE_SRCS := $(sort $(wildcard engine/*.c))
+ENGINE_OBJS := $(ENGINE_SRCS:%.c=$(BUILD)/%.o)
+KILN_SRCS   := $(sort $(wildcard tools/kiln/*.c))
+KILN_OBJS   := $(KILN_SRCS:%.c=$(BUILD)/%.o)
+UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
+UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+LIBKILN     := $(BUILD)/libkiln.a
+
+.PHONY: all check check-unit check-integration asan demo install clean help deps
+
+all: $(BUILD)/kiln ## build the kiln tool and libkiln (default)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
+
+$(LIBKILN): $(ENGINE_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(BUILD)/kiln: $(KILN_OBJS) $(LIBKILN)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/test-%: tests/unit/test-%.c $(LIBKILN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(LIBKILN) $(LDLIBS) -lcmocka
+
+deps: ## install the Debian packages that build, test and demo need (as root)
+	scripts/install-deps
+
+check: deps ## run every test: unit, then integration
+	$(MAKE) check-unit check-integration
+
+check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules
+	@tests/run-unit $(UNIT_BINS)
+
+check-integration: $(BUILD)/kiln ## the real kiln binary on real files
+	@KILN=$(abspath $(BUILD)/kiln) tests/run-integration
+
+asan: ## unit and integration tests built with ASan and UBSan (clang)
+	$(MAKE) BUILD=build/asan CC=clang \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  check-unit check-integration
+
+demo: deps all ## the main job: import, snapshot, change, snapshot again, stats
+	@KILN=$(abspath $(BUILD)/kiln) scripts/demo
+
+install: all ## install kiln under $(DESTDIR)$(PREFIX)
+	install -D -m 0755 $(BUILD)/kiln $(DESTDIR)$(BINDIR)/kiln
+	install -D -m 0644 docs/kiln.1 $(DESTDIR)$(MANDIR)/man1/kiln.1
+
+clean: ## remove build output
+	rm -rf build
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
+
+-include $(ENGINE_OBJS:.o=.d) $(KILN_OBJS:.o=.d)

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/* capture.c: turn batches of raw chunks into chunk ids and stored
+ * records. The CPU work (zero check first, since it is the cheapest and
+ * most common answer; then the keyed hash; then compression only for
+ * chunks the store lacks) runs on the pool; adding records to the pack
+ * stays on the caller's thread, in order. Two sets of slots let the
+ * caller read the next batch while this one is processed. */
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+int capture_init(struct capture *c, struct kiln_region *region, bool store)
+{
+	uint32_t cs = kiln_store_chunk_size(region->store);
+	size_t outcap = compress_bound(cs);
+	size_t per = (size_t)cs + (store ? outcap : 0);
+
+	memset(c, 0, sizeof *c);
+	c->region = region;
+	c->chunk_size = cs;
+	c->store = store;
+	c->space = aligned_alloc(4096, 2 * CAPTURE_BATCH * ((per + 4095) & ~(size_t)4095));
+	if (!c->space)
+		return -ENOMEM;
+	per = (per + 4095) & ~(size_t)4095;
+	for (int s = 0; s < 2; s++)
+		for (int i = 0; i < CAPTURE_BATCH; i++) {
+			uint8_t *p = c->space + ((size_t)s * CAPTURE_BATCH + (size_t)i) * per;
+
+			c->slots[s][i].data = p;
+			c->slots[s][i].out = store ? p + cs : NULL;
+		}
+	return 0;
+}
+
+void capture_free(struct capture *c)
+{
+	free(c->space);
+	c->space = NULL;
+}
+
+struct batch_arg {
+	struct capture *c;
+	struct capture_slot *slots;
+	int level;
+	int error;
+};
+
+static void process_slot(void *arg, size_t i)
+{
+	struct batch_arg *b = arg;
+	struct capture *c = b->c;
+	struct capture_slot *s = &b->slots[i];
+	ssize_t n;
+
+	s->known = false;
+	s->out_len = 0;
+	if (s->skip)
+		return;
+	if (buf_is_zero(s->data, c->chunk_size)) {
+		memset(s->id, 0, CHUNK_ID_SIZE);
+		return;
+	}
+	chunk_hash(c->region->store, s->data, c->chunk_size, s->id);
+	if (!c->store)
+		return;
+	if (cs_contains(c->region->cs, s->id)) {
+		s->known = true;
+		return;
+	}
+	n = compress_chunk(s->data, c->chunk_size, s->out, compress_bound(c->chunk_size), b->level);
+	if (n < 0)
+		b->error = (int)n;
+	else
+		s->out_len = n;
+}
+
+int capture_batch(struct capture *c, int set, size_t n)
+{
+	struct batch_arg b = { c, c->slots[set], kiln_store_zstd_level(c->region->store), 0 };
+
+	pool_run(process_slot, &b, n);
+	if (b.error)
+		return b.error;
+	for (size_t i = 0; i < n; i++) {
+		struct capture_slot *s = &b.slots[i];
+		bool added = false;
+		int r;
+
+		if (s->skip || chunk_id_is_zero(s->id))
+			continue;
+		c->chunks_data++;
+		if (!c->store || s->known)
+			continue;
+		if (s->out_len > 0)
+			r = cs_add(c->region->cs, s->id, s->out, (uint32_t)s->out_len, c->chunk_size,
+				   CS_FLAG_ZSTD, &added);
+		else
+			r = cs_add(c->region->cs, s->id, s->data, c->chunk_size, c->chunk_size, 0, &added);
+		if (r < 0)
+			return r;
+		if (added) {
+			c->chunks_new++;
+			c->bytes_new_stored += RECORD_HEADER_SIZE +
+				(uint64_t)(s->out_len > 0 ? (uint64_t)s->out_len : c->chunk_size);
+		}
+	}
+	return 0;
+}

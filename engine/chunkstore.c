@@ -1,0 +1,1116 @@
+/* SPDX-License-Identifier: MIT */
+/* chunkstore.c: a region's chunks: append-only pack files of
+ * self-describing records, and an index chunk id -> (pack, offset,
+ * lengths) kept as an append-only file and loaded into a hash table.
+ * Formats in docs/FORMAT.md ("Pack file", "Chunk index").
+ *
+ * Notes on the design:
+ * - Writers hold the region lock (region_lock()), so one process appends
+ *   at a time. Each write session makes its own new pack file: no two
+ *   processes ever write one pack, and a crashed session leaves only a
+ *   pack that no index record names, which gc deletes.
+ * - DESIGN rule 1: records reach the pack and are fdatasync'ed before the
+ *   index records that name them are appended (and fdatasync'ed).
+ * - Readers in other processes notice new records by reading the index
+ *   tail on a lookup miss, and a compacted index (gc renames a new one in
+ *   place) by its inode; a pack that gc deleted under them makes them
+ *   reload the whole index and retry.
+ * - Every read checks the record header against the index and the chunk
+ *   id against the decompressed bytes: damage is -EBADMSG, never garbage. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "internal.h"
+
+#define PACK_MAGIC "KILNPACK"
+#define PACK_VERSION 1
+#define RECORD_MAGIC 0x4b43484bu     /* "KCHK" read as little-endian bytes */
+#define RECORD_VERSION 1
+#define INDEX_MAGIC "KILNINDX"
+#define INDEX_VERSION 1
+#define INDEX_NAME "index"
+#define PACK_LIMIT ((uint64_t)1 << 30)       /* start a new pack past 1 GiB */
+#define WBUF_SIZE ((size_t)8 << 20)
+
+struct cs_entry {
+	uint8_t id[CHUNK_ID_SIZE];
+	struct chunk_loc loc;
+	bool used;
+};
+
+struct pending {
+	uint8_t id[CHUNK_ID_SIZE];
+	struct chunk_loc loc;
+};
+
+struct chunkstore {
+	struct kiln_region *region;
+	int packs_dirfd;
+	pthread_mutex_t lock;           /* table, index state, pack fds, writer */
+
+	struct cs_entry *table;         /* open addressing; cap is a power of 2 */
+	size_t cap, count;
+	uint64_t index_size;            /* bytes of the index consumed */
+	ino_t index_ino;
+
+	int *pack_fds;                  /* by pack number; -1 when not open */
+	size_t npack_fds;
+
+	/* the write session */
+	bool writing;
+	int wfd;
+	uint32_t wpack;
+	uint64_t wsize;                 /* bytes in the pack, buffered included */
+	uint8_t *wbuf;
+	size_t wbuf_len;
+	uint64_t wbuf_off;              /* pack offset of wbuf[0] */
+	uint32_t *wpacks;               /* packs made in this session */
+	size_t nwpacks;
+	struct pending *pending;
+	size_t npending, pending_cap;
+};
+
+static char *pack_name(uint32_t n, char buf[32])
+{
+	snprintf(buf, 32, "%08x.pack", n);
+	return buf;
+}
+
+static uint64_t id_hash(const uint8_t id[CHUNK_ID_SIZE])
+{
+	uint64_t h;
+
+	memcpy(&h, id, 8);      /* ids are already uniformly random */
+	return h;
+}
+
+static struct cs_entry *table_find(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE])
+{
+	size_t mask = cs->cap - 1;
+
+	if (!cs->cap)
+		return NULL;
+	for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+		struct cs_entry *e = &cs->table[i];
+
+		if (!e->used)
+			return NULL;
+		if (memcmp(e->id, id, CHUNK_ID_SIZE) == 0)
+			return e;
+	}
+}
+
+static int table_grow(struct chunkstore *cs)
+{
+	size_t ncap = cs->cap ? cs->cap * 2 : 1024;
+	struct cs_entry *nt = calloc(ncap, sizeof *nt);
+
+	if (!nt)
+		return -ENOMEM;
+	for (size_t i = 0; i < cs->cap; i++) {
+		struct cs_entry *e = &cs->table[i];
+
+		if (!e->used)
+			continue;
+		for (size_t j = id_hash(e->id) & (ncap - 1);; j = (j + 1) & (ncap - 1)) {
+			if (!nt[j].used) {
+				nt[j] = *e;
+				break;
+			}
+		}
+	}
+	free(cs->table);
+	cs->table = nt;
+	cs->cap = ncap;
+	return 0;
+}
+
+/* Insert or replace (a later index record for the same id wins). */
+static int table_put(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc)
+{
+	struct cs_entry *e = table_find(cs, id);
+
+	if (e) {
+		e->loc = *loc;
+		return 0;
+	}
+	if ((cs->count + 1) * 4 > cs->cap * 3) {
+		int r = table_grow(cs);
+
+		if (r < 0)
+			return r;
+	}
+	for (size_t i = id_hash(id) & (cs->cap - 1);; i = (i + 1) & (cs->cap - 1)) {
+		e = &cs->table[i];
+		if (!e->used) {
+			memcpy(e->id, id, CHUNK_ID_SIZE);
+			e->loc = *loc;
+			e->used = true;
+			cs->count++;
+			return 0;
+		}
+	}
+}
+
+static void table_clear(struct chunkstore *cs)
+{
+	free(cs->table);
+	cs->table = NULL;
+	cs->cap = cs->count = 0;
+}
+
+/* ---- index file ------------------------------------------------------ */
+
+static void index_encode(uint8_t *rec, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc)
+{
+	uint32_t v32;
+	uint64_t v64;
+	uint16_t v16;
+
+	memcpy(rec, id, CHUNK_ID_SIZE);
+	v32 = htole32(loc->pack);
+	memcpy(rec + 16, &v32, 4);
+	v32 = htole32(loc->stored_len);
+	memcpy(rec + 20, &v32, 4);
+	v64 = htole64(loc->offset);
+	memcpy(rec + 24, &v64, 8);
+	v32 = htole32(loc->raw_len);
+	memcpy(rec + 32, &v32, 4);
+	v16 = htole16(loc->flags);
+	memcpy(rec + 36, &v16, 2);
+	v16 = htole16((uint16_t)XXH32(rec, 38, 0));
+	memcpy(rec + 38, &v16, 2);
+}
+
+static bool index_decode(const uint8_t *rec, uint8_t id[CHUNK_ID_SIZE], struct chunk_loc *loc)
+{
+	uint32_t v32;
+	uint64_t v64;
+	uint16_t v16;
+
+	memcpy(&v16, rec + 38, 2);
+	if (le16toh(v16) != (uint16_t)XXH32(rec, 38, 0))
+		return false;
+	memcpy(id, rec, CHUNK_ID_SIZE);
+	memcpy(&v32, rec + 16, 4);
+	loc->pack = le32toh(v32);
+	memcpy(&v32, rec + 20, 4);
+	loc->stored_len = le32toh(v32);
+	memcpy(&v64, rec + 24, 8);
+	loc->offset = le64toh(v64);
+	memcpy(&v32, rec + 32, 4);
+	loc->raw_len = le32toh(v32);
+	memcpy(&v16, rec + 36, 2);
+	loc->flags = le16toh(v16);
+	return true;
+}
+
+static void index_header(uint8_t h[INDEX_HEADER_SIZE])
+{
+	uint32_t v32;
+
+	memcpy(h, INDEX_MAGIC, 8);
+	v32 = htole32(INDEX_VERSION);
+	memcpy(h + 8, &v32, 4);
+	v32 = htole32(INDEX_RECORD_SIZE);
+	memcpy(h + 12, &v32, 4);
+}
+
+/* Read index records from cs->index_size to the end. A torn record at
+ * the end (a crash during append) is ignored, and so is a record whose
+ * checksum fails: the chunk it named is then reported by verify. */
+static int index_load_tail(struct chunkstore *cs, bool full)
+{
+	CLEANUP_CLOSE int fd = openat(cs->region->dirfd, INDEX_NAME, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	uint64_t off;
+	CLEANUP_FREE uint8_t *buf = NULL;
+	const size_t bufrecs = 16384;
+
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (full || st.st_ino != cs->index_ino) {
+		uint8_t h[INDEX_HEADER_SIZE], want[INDEX_HEADER_SIZE];
+		int r;
+
+		table_clear(cs);
+		cs->index_size = 0;
+		cs->index_ino = st.st_ino;
+		if (st.st_size == 0)
+			return 0;
+		r = pread_all(fd, h, sizeof h, 0);
+		if (r < 0)
+			return r;
+		index_header(want);
+		if (memcmp(h, want, sizeof h) != 0)
+			return -EBADMSG;
+		cs->index_size = INDEX_HEADER_SIZE;
+	}
+	buf = malloc(bufrecs * INDEX_RECORD_SIZE);
+	if (!buf)
+		return -ENOMEM;
+	off = cs->index_size;
+	while (off + INDEX_RECORD_SIZE <= (uint64_t)st.st_size) {
+		size_t want = MIN((size_t)(((uint64_t)st.st_size - off) / INDEX_RECORD_SIZE), bufrecs);
+		int r = pread_all(fd, buf, want * INDEX_RECORD_SIZE, off);
+
+		if (r < 0)
+			return r;
+		for (size_t i = 0; i < want; i++) {
+			uint8_t id[CHUNK_ID_SIZE];
+			struct chunk_loc loc;
+
+			if (!index_decode(buf + i * INDEX_RECORD_SIZE, id, &loc)) {
+				debug("index: bad record at offset %llu skipped",
+				      (unsigned long long)(off + i * INDEX_RECORD_SIZE));
+				continue;
+			}
+			r = table_put(cs, id, &loc);
+			if (r < 0)
+				return r;
+		}
+		off += want * INDEX_RECORD_SIZE;
+	}
+	cs->index_size = off;
+	return 0;
+}
+
+/* ---- open / close ---------------------------------------------------- */
+
+int cs_open(struct kiln_region *region, struct chunkstore **ret_cs)
+{
+	struct chunkstore *cs = calloc(1, sizeof *cs);
+	int r;
+
+	if (!cs)
+		return -ENOMEM;
+	cs->region = region;
+	cs->wfd = -1;
+	pthread_mutex_init(&cs->lock, NULL);
+	cs->packs_dirfd = openat(region->dirfd, "packs", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cs->packs_dirfd < 0) {
+		r = errno == ENOENT ? -EBADMSG : -errno;
+		goto out_free;
+	}
+	r = index_load_tail(cs, true);
+	if (r < 0)
+		goto out_free;
+	debug("chunkstore %s: %zu chunks in the index", region->name, cs->count);
+	*ret_cs = cs;
+	return 0;
+out_free:
+	cs_close(cs);
+	return r;
+}
+
+void cs_close(struct chunkstore *cs)
+{
+	if (!cs)
+		return;
+	if (cs->writing)
+		cs_abort(cs);
+	for (size_t i = 0; i < cs->npack_fds; i++)
+		if (cs->pack_fds[i] >= 0)
+			close(cs->pack_fds[i]);
+	free(cs->pack_fds);
+	if (cs->packs_dirfd >= 0)
+		close(cs->packs_dirfd);
+	table_clear(cs);
+	free(cs->wbuf);
+	free(cs->wpacks);
+	free(cs->pending);
+	pthread_mutex_destroy(&cs->lock);
+	free(cs);
+}
+
+int cs_packs_dirfd(struct chunkstore *cs)
+{
+	return cs->packs_dirfd;
+}
+
+uint64_t cs_count(struct chunkstore *cs)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	return cs->count;
+}
+
+static void forget_pack_fds(struct chunkstore *cs)
+{
+	for (size_t i = 0; i < cs->npack_fds; i++) {
+		if (cs->pack_fds[i] >= 0)
+			close(cs->pack_fds[i]);
+		cs->pack_fds[i] = -1;
+	}
+}
+
+/* Called with the lock held. */
+static int pack_fd(struct chunkstore *cs, uint32_t pack)
+{
+	char name[32];
+	int fd;
+
+	if (pack >= cs->npack_fds) {
+		size_t n = (size_t)pack + 16;
+		int *p = realloc(cs->pack_fds, n * sizeof *p);
+
+		if (!p)
+			return -ENOMEM;
+		for (size_t i = cs->npack_fds; i < n; i++)
+			p[i] = -1;
+		cs->pack_fds = p;
+		cs->npack_fds = n;
+	}
+	if (cs->pack_fds[pack] >= 0)
+		return cs->pack_fds[pack];
+	fd = openat(cs->packs_dirfd, pack_name(pack, name), O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	cs->pack_fds[pack] = fd;
+	return fd;
+}
+
+int cs_lookup(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], struct chunk_loc *ret_loc)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	struct cs_entry *e = table_find(cs, id);
+
+	if (!e && !cs->writing) {
+		int r = index_load_tail(cs, false);
+
+		if (r < 0)
+			return r;
+		e = table_find(cs, id);
+	}
+	if (!e)
+		return -ENOENT;
+	*ret_loc = e->loc;
+	return 0;
+}
+
+bool cs_contains(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE])
+{
+	struct chunk_loc loc;
+
+	return cs_lookup(cs, id, &loc) == 0;
+}
+
+/* ---- records --------------------------------------------------------- */
+
+static void record_encode(uint8_t *h, const uint8_t id[CHUNK_ID_SIZE], uint32_t raw_len,
+			  uint32_t stored_len, uint16_t flags)
+{
+	uint32_t v32;
+	uint16_t v16;
+
+	v32 = htole32(RECORD_MAGIC);
+	memcpy(h, &v32, 4);
+	v16 = htole16(RECORD_VERSION);
+	memcpy(h + 4, &v16, 2);
+	v16 = htole16(flags);
+	memcpy(h + 6, &v16, 2);
+	memcpy(h + 8, id, CHUNK_ID_SIZE);
+	v32 = htole32(raw_len);
+	memcpy(h + 24, &v32, 4);
+	v32 = htole32(stored_len);
+	memcpy(h + 28, &v32, 4);
+	memset(h + 32, 0, 4);
+	v32 = htole32(XXH32(h, 36, 0));
+	memcpy(h + 36, &v32, 4);
+}
+
+/* Check a record read from a pack against its index entry, decode it
+ * into out and verify the chunk id. rec holds header and payload. */
+static int record_decode(const struct kiln_store *store, const uint8_t *rec,
+			 const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc, void *out,
+			 const char **ret_what)
+{
+	uint32_t magic, sum, raw_len, stored_len;
+	uint16_t version, flags;
+	uint8_t got[CHUNK_ID_SIZE];
+	int r;
+
+	memcpy(&magic, rec, 4);
+	memcpy(&version, rec + 4, 2);
+	memcpy(&flags, rec + 6, 2);
+	memcpy(&raw_len, rec + 24, 4);
+	memcpy(&stored_len, rec + 28, 4);
+	memcpy(&sum, rec + 36, 4);
+	if (le32toh(magic) != RECORD_MAGIC || le32toh(sum) != XXH32(rec, 36, 0)) {
+		*ret_what = "bad record header";
+		return -EBADMSG;
+	}
+	if (le16toh(version) != RECORD_VERSION || memcmp(rec + 8, id, CHUNK_ID_SIZE) != 0 ||
+	    le32toh(raw_len) != loc->raw_len || le32toh(stored_len) != loc->stored_len ||
+	    le16toh(flags) != loc->flags) {
+		*ret_what = "record does not match the index";
+		return -EBADMSG;
+	}
+	if (loc->flags & CS_FLAG_ZSTD) {
+		r = decompress_chunk(rec + RECORD_HEADER_SIZE, loc->stored_len, out, loc->raw_len);
+		if (r < 0) {
+			*ret_what = "cannot decompress";
+			return r;
+		}
+	} else {
+		if (loc->stored_len != loc->raw_len) {
+			*ret_what = "bad raw length";
+			return -EBADMSG;
+		}
+		memcpy(out, rec + RECORD_HEADER_SIZE, loc->raw_len);
+	}
+	chunk_hash(store, out, loc->raw_len, got);
+	if (memcmp(got, id, CHUNK_ID_SIZE) != 0) {
+		*ret_what = "id mismatch";
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+/* Read the record of one entry; on a pack that vanished (gc in another
+ * process), reload the index once and retry. */
+static int read_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], struct chunk_loc *loc,
+		       uint8_t **ret_rec)
+{
+	for (int attempt = 0;; attempt++) {
+		int fd, r;
+		uint8_t *rec;
+
+		{
+			ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+			fd = pack_fd(cs, loc->pack);
+		}
+		if (fd == -ENOENT && attempt == 0) {
+			ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+			struct cs_entry *e;
+
+			forget_pack_fds(cs);
+			r = index_load_tail(cs, true);
+			if (r < 0)
+				return r;
+			e = table_find(cs, id);
+			if (!e)
+				return -EBADMSG;
+			*loc = e->loc;
+			continue;
+		}
+		if (fd < 0)
+			return fd == -ENOENT ? -EBADMSG : fd;
+		rec = malloc(RECORD_HEADER_SIZE + (size_t)loc->stored_len);
+		if (!rec)
+			return -ENOMEM;
+		{
+			struct io_req q = { .fd = fd, .op = IO_READ, .buf = rec,
+					    .len = RECORD_HEADER_SIZE + loc->stored_len, .off = loc->offset };
+
+			r = io_run(&q, 1);
+			if (r == 0 && (uint32_t)q.res != q.len)
+				r = -EBADMSG;   /* truncated pack */
+		}
+		if (r < 0) {
+			free(rec);
+			return r;
+		}
+		*ret_rec = rec;
+		return 0;
+	}
+}
+
+int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, size_t raw_len)
+{
+	struct chunk_loc loc;
+	CLEANUP_FREE uint8_t *rec = NULL;
+	const char *what = NULL;
+	int r = cs_lookup(cs, id, &loc);
+
+	if (r == -ENOENT) {
+		debug("chunkstore: a manifest names a chunk the store lacks");
+		return -EBADMSG;
+	}
+	if (r < 0)
+		return r;
+	if (loc.raw_len != raw_len)
+		return -EBADMSG;
+	r = read_record(cs, id, &loc, &rec);
+	if (r < 0)
+		return r;
+	r = record_decode(cs->region->store, rec, id, &loc, buf, &what);
+	if (r < 0)
+		debug("chunkstore: pack %08x offset %llu: %s", loc.pack,
+		      (unsigned long long)loc.offset, what);
+	return r;
+}
+
+struct read_many {
+	struct chunkstore *cs;
+	const uint8_t (*ids)[CHUNK_ID_SIZE];
+	void *const *bufs;
+	struct chunk_loc *locs;
+	uint8_t **recs;
+	int *results;
+};
+
+static void decode_one(void *arg, size_t i)
+{
+	struct read_many *rm = arg;
+	const char *what = NULL;
+
+	rm->results[i] = record_decode(rm->cs->region->store, rm->recs[i], rm->ids[i], &rm->locs[i],
+				       rm->bufs[i], &what);
+	if (rm->results[i] < 0)
+		debug("chunkstore: pack %08x offset %llu: %s", rm->locs[i].pack,
+		      (unsigned long long)rm->locs[i].offset, what);
+}
+
+int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_SIZE],
+		 void *const *bufs, size_t raw_len)
+{
+	CLEANUP_FREE struct chunk_loc *locs = calloc(n, sizeof *locs);
+	CLEANUP_FREE struct io_req *reqs = calloc(n, sizeof *reqs);
+	CLEANUP_FREE uint8_t **recs = calloc(n, sizeof *recs);
+	CLEANUP_FREE int *results = calloc(n, sizeof *results);
+	CLEANUP_FREE uint8_t *space = NULL;
+	size_t total = 0, pos = 0;
+	struct read_many rm;
+	int r = 0;
+
+	if (!locs || !reqs || !recs || !results)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		r = cs_lookup(cs, ids[i], &locs[i]);
+		if (r < 0)
+			return r == -ENOENT ? -EBADMSG : r;
+		if (locs[i].raw_len != raw_len)
+			return -EBADMSG;
+		total += RECORD_HEADER_SIZE + locs[i].stored_len;
+	}
+	space = malloc(total ? total : 1);
+	if (!space)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		int fd;
+
+		{
+			ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+			fd = pack_fd(cs, locs[i].pack);
+		}
+		if (fd < 0) {
+			/* gc moved it: take the slow path for the batch */
+			for (size_t j = 0; j < n; j++) {
+				r = cs_read(cs, ids[j], bufs[j], raw_len);
+				if (r < 0)
+					return r;
+			}
+			return 0;
+		}
+		recs[i] = space + pos;
+		reqs[i] = (struct io_req){ .fd = fd, .op = IO_READ, .buf = recs[i],
+					   .len = RECORD_HEADER_SIZE + locs[i].stored_len,
+					   .off = locs[i].offset };
+		pos += reqs[i].len;
+	}
+	r = io_run(reqs, n);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < n; i++)
+		if ((uint32_t)reqs[i].res != reqs[i].len)
+			return -EBADMSG;      /* truncated pack */
+	rm = (struct read_many){ cs, ids, bufs, locs, recs, results };
+	pool_run(decode_one, &rm, n);
+	for (size_t i = 0; i < n; i++)
+		if (results[i] < 0)
+			return results[i];
+	return 0;
+}
+
+int cs_verify_chunk(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc,
+		    void *scratch)
+{
+	struct chunk_loc l = *loc;
+	CLEANUP_FREE uint8_t *rec = NULL;
+	const char *what = NULL;
+	int r = read_record(cs, id, &l, &rec);
+
+	if (r < 0)
+		return r;
+	return record_decode(cs->region->store, rec, id, &l, scratch, &what);
+}
+
+int cs_foreach(struct chunkstore *cs,
+	       int (*fn)(void *opaque, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc),
+	       void *opaque)
+{
+	CLEANUP_FREE struct pending *copy = NULL;
+	size_t n = 0;
+
+	{
+		ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+		int r = index_load_tail(cs, false);
+
+		if (r < 0)
+			return r;
+		copy = malloc((cs->count ? cs->count : 1) * sizeof *copy);
+		if (!copy)
+			return -ENOMEM;
+		for (size_t i = 0; i < cs->cap; i++) {
+			if (!cs->table[i].used)
+				continue;
+			memcpy(copy[n].id, cs->table[i].id, CHUNK_ID_SIZE);
+			copy[n].loc = cs->table[i].loc;
+			n++;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		int r = fn(opaque, copy[i].id, &copy[i].loc);
+
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/* ---- writing --------------------------------------------------------- */
+
+static int max_pack_number(struct chunkstore *cs, uint32_t *ret_max)
+{
+	int fd = dup(cs->packs_dirfd);
+	DIR *d;
+	struct dirent *de;
+	uint32_t max = 0;
+
+	if (fd < 0)
+		return -errno;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	rewinddir(d);
+	while ((de = readdir(d)) != NULL) {
+		unsigned n;
+		char tail[8];
+
+		if (sscanf(de->d_name, "%8x.%5s", &n, tail) == 2 && strcmp(tail, "pack") == 0 && n > max)
+			max = n;
+	}
+	closedir(d);
+	*ret_max = max;
+	return 0;
+}
+
+/* Called with the lock held. */
+static int new_pack(struct chunkstore *cs)
+{
+	uint8_t h[PACK_HEADER_SIZE];
+	uint32_t n, v32;
+	char name[32];
+	uint32_t *wp;
+	int r = max_pack_number(cs, &n);
+
+	if (r < 0)
+		return r;
+	wp = realloc(cs->wpacks, (cs->nwpacks + 1) * sizeof *wp);
+	if (!wp)
+		return -ENOMEM;
+	cs->wpacks = wp;
+	for (;;) {
+		n++;
+		cs->wfd = openat(cs->packs_dirfd, pack_name(n, name),
+				 O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		if (cs->wfd >= 0)
+			break;
+		if (errno != EEXIST)
+			return -errno;
+	}
+	cs->wpack = n;
+	cs->wpacks[cs->nwpacks++] = n;
+	memcpy(h, PACK_MAGIC, 8);
+	v32 = htole32(PACK_VERSION);
+	memcpy(h + 8, &v32, 4);
+	v32 = htole32(n);
+	memcpy(h + 12, &v32, 4);
+	memcpy(cs->wbuf, h, sizeof h);
+	cs->wbuf_len = PACK_HEADER_SIZE;
+	cs->wbuf_off = 0;
+	cs->wsize = PACK_HEADER_SIZE;
+	debug("chunkstore: writing pack %s", name);
+	return 0;
+}
+
+static int flush_wbuf(struct chunkstore *cs)
+{
+	struct io_req q = { .fd = cs->wfd, .op = IO_WRITE, .buf = cs->wbuf,
+			    .len = (uint32_t)cs->wbuf_len, .off = cs->wbuf_off };
+	int r;
+
+	if (cs->wbuf_len == 0)
+		return 0;
+	r = io_run(&q, 1);
+	if (r < 0)
+		return r;
+	if ((size_t)q.res != cs->wbuf_len)
+		return -EIO;
+	cs->wbuf_off += cs->wbuf_len;
+	cs->wbuf_len = 0;
+	return 0;
+}
+
+/* Flush, fdatasync and close the pack being written. */
+static int finish_pack(struct chunkstore *cs)
+{
+	int r;
+
+	if (cs->wfd < 0)
+		return 0;
+	r = flush_wbuf(cs);
+	if (r == 0 && fdatasync(cs->wfd) < 0)
+		r = -errno;
+	close(cs->wfd);
+	cs->wfd = -1;
+	return r;
+}
+
+int cs_begin(struct chunkstore *cs)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	int r;
+
+	if (cs->writing)
+		return -EBUSY;
+	if (!cs->wbuf) {
+		cs->wbuf = malloc(WBUF_SIZE);
+		if (!cs->wbuf)
+			return -ENOMEM;
+	}
+	/* The caller holds the region lock: catch up with other writers. */
+	r = index_load_tail(cs, false);
+	if (r < 0)
+		return r;
+	cs->nwpacks = 0;
+	cs->npending = 0;
+	r = new_pack(cs);
+	if (r < 0)
+		return r;
+	cs->writing = true;
+	return 0;
+}
+
+int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
+	   uint32_t stored_len, uint32_t raw_len, uint16_t flags, bool *ret_added)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	size_t reclen = RECORD_HEADER_SIZE + (size_t)stored_len;
+	struct chunk_loc loc;
+	int r;
+
+	if (!cs->writing)
+		return -EINVAL;
+	if (table_find(cs, id)) {
+		*ret_added = false;
+		return 0;
+	}
+	if (cs->wsize + reclen > PACK_LIMIT && cs->wsize > PACK_HEADER_SIZE) {
+		r = finish_pack(cs);
+		if (r == 0)
+			r = new_pack(cs);
+		if (r < 0)
+			return r;
+	}
+	if (cs->wbuf_len + reclen > WBUF_SIZE) {
+		r = flush_wbuf(cs);
+		if (r < 0)
+			return r;
+	}
+	if (cs->npending == cs->pending_cap) {
+		size_t ncap = cs->pending_cap ? cs->pending_cap * 2 : 1024;
+		struct pending *p = realloc(cs->pending, ncap * sizeof *p);
+
+		if (!p)
+			return -ENOMEM;
+		cs->pending = p;
+		cs->pending_cap = ncap;
+	}
+	loc = (struct chunk_loc){ .pack = cs->wpack, .stored_len = stored_len,
+				  .offset = cs->wsize, .raw_len = raw_len, .flags = flags };
+	record_encode(cs->wbuf + cs->wbuf_len, id, raw_len, stored_len, flags);
+	memcpy(cs->wbuf + cs->wbuf_len + RECORD_HEADER_SIZE, stored, stored_len);
+	r = table_put(cs, id, &loc);
+	if (r < 0)
+		return r;
+	cs->wbuf_len += reclen;
+	cs->wsize += reclen;
+	memcpy(cs->pending[cs->npending].id, id, CHUNK_ID_SIZE);
+	cs->pending[cs->npending].loc = loc;
+	cs->npending++;
+	*ret_added = true;
+	return 0;
+}
+
+/* Append the pending records to the index file and fdatasync it. A torn
+ * tail left by a crash is cut off first, so records stay aligned. */
+static int index_append(struct chunkstore *cs)
+{
+	CLEANUP_CLOSE int fd = -1;
+	CLEANUP_FREE uint8_t *buf = NULL;
+	size_t len = cs->npending * INDEX_RECORD_SIZE;
+	uint64_t off = cs->index_size;
+	int r;
+
+	fd = openat(cs->region->dirfd, INDEX_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (off < INDEX_HEADER_SIZE) {
+		uint8_t h[INDEX_HEADER_SIZE];
+		struct stat st;
+
+		index_header(h);
+		r = pwrite_all(fd, h, sizeof h, 0);
+		if (r < 0)
+			return r;
+		off = INDEX_HEADER_SIZE;
+		if (fstat(fd, &st) == 0)
+			cs->index_ino = st.st_ino;
+	}
+	if (ftruncate(fd, (off_t)off) < 0)
+		return -errno;
+	buf = malloc(len ? len : 1);
+	if (!buf)
+		return -ENOMEM;
+	for (size_t i = 0; i < cs->npending; i++)
+		index_encode(buf + i * INDEX_RECORD_SIZE, cs->pending[i].id, &cs->pending[i].loc);
+	r = pwrite_all(fd, buf, len, off);
+	if (r == 0 && fdatasync(fd) < 0)
+		r = -errno;
+	if (r < 0) {
+		/* Leave no partial records behind us. */
+		if (ftruncate(fd, (off_t)off) == 0)
+			fdatasync(fd);
+		return r;
+	}
+	cs->index_size = off + len;
+	return 0;
+}
+
+int cs_commit(struct chunkstore *cs)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	char name[32];
+	int r;
+
+	if (!cs->writing)
+		return -EINVAL;
+	r = finish_pack(cs);
+	if (r < 0)
+		return r;
+	crash_point("cs:pack-synced");
+	if (cs->npending == 0) {
+		/* nothing new: leave no empty pack behind */
+		for (size_t i = 0; i < cs->nwpacks; i++)
+			unlinkat(cs->packs_dirfd, pack_name(cs->wpacks[i], name), 0);
+	} else {
+		r = fsync_dir(cs->packs_dirfd);
+		if (r == 0)
+			r = index_append(cs);
+		if (r < 0)
+			return r;
+	}
+	crash_point("cs:index-synced");
+	cs->npending = 0;
+	cs->nwpacks = 0;
+	cs->writing = false;
+	return 0;
+}
+
+void cs_abort(struct chunkstore *cs)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	char name[32];
+
+	if (!cs->writing)
+		return;
+	if (cs->wfd >= 0) {
+		close(cs->wfd);
+		cs->wfd = -1;
+	}
+	/* No index record names these packs: they go, and the table forgets
+	 * what was pending. */
+	for (size_t i = 0; i < cs->nwpacks; i++)
+		unlinkat(cs->packs_dirfd, pack_name(cs->wpacks[i], name), 0);
+	cs->nwpacks = 0;
+	cs->npending = 0;
+	cs->wbuf_len = 0;
+	cs->writing = false;
+	forget_pack_fds(cs);
+	index_load_tail(cs, true);
+}
+
+/* ---- compaction (gc) ------------------------------------------------- */
+
+struct pack_usage {
+	uint64_t live, dead;
+	bool exists;
+};
+
+int cs_compact(struct chunkstore *cs,
+	       bool (*keep)(void *opaque, const uint8_t id[CHUNK_ID_SIZE]), void *opaque,
+	       struct kiln_gc_result *res)
+{
+	CLEANUP_FREE struct pack_usage *usage = NULL;
+	CLEANUP_FREE struct pending *live = NULL;
+	uint32_t maxpack;
+	size_t nlive = 0, nusage;
+	bool moved_any = false;
+	char name[32];
+	int r;
+
+	r = cs_begin(cs);        /* catches up with the index, opens a new pack */
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&cs->lock);
+	r = max_pack_number(cs, &maxpack);
+	if (r < 0)
+		goto out_abort;
+	nusage = (size_t)maxpack + 1;
+	usage = calloc(nusage, sizeof *usage);
+	live = malloc((cs->count ? cs->count : 1) * sizeof *live);
+	if (!usage || !live) {
+		r = -ENOMEM;
+		goto out_abort;
+	}
+	for (uint32_t p = 1; p < nusage; p++) {
+		struct stat st;
+
+		usage[p].exists = fstatat(cs->packs_dirfd, pack_name(p, name), &st, 0) == 0;
+	}
+	for (size_t i = 0; i < cs->cap; i++) {
+		struct cs_entry *e = &cs->table[i];
+
+		if (!e->used)
+			continue;
+		if (keep(opaque, e->id)) {
+			memcpy(live[nlive].id, e->id, CHUNK_ID_SIZE);
+			live[nlive].loc = e->loc;
+			nlive++;
+			if (e->loc.pack < nusage)
+				usage[e->loc.pack].live++;
+		} else {
+			res->chunks_removed++;
+			if (e->loc.pack < nusage)
+				usage[e->loc.pack].dead++;
+		}
+	}
+	res->chunks_kept = nlive;
+
+	/* Move the live records out of every pack that holds a dead one. */
+	for (size_t i = 0; i < nlive; i++) {
+		struct pending *l = &live[i];
+		uint8_t *rec = NULL;
+		int fd;
+
+		if (l->loc.pack >= nusage || usage[l->loc.pack].dead == 0 || l->loc.pack == cs->wpack)
+			continue;
+		fd = pack_fd(cs, l->loc.pack);
+		if (fd < 0) {
+			r = fd;
+			goto out_abort;
+		}
+		rec = malloc(RECORD_HEADER_SIZE + (size_t)l->loc.stored_len);
+		if (!rec) {
+			r = -ENOMEM;
+			goto out_abort;
+		}
+		r = pread_all(fd, rec, RECORD_HEADER_SIZE + (size_t)l->loc.stored_len, l->loc.offset);
+		if (r == 0) {
+			/* Re-queue as a new record at the end of our pack. */
+			struct cs_entry *e = table_find(cs, l->id);
+			size_t reclen = RECORD_HEADER_SIZE + (size_t)l->loc.stored_len;
+
+			if (cs->wbuf_len + reclen > WBUF_SIZE)
+				r = flush_wbuf(cs);
+			if (r == 0) {
+				memcpy(cs->wbuf + cs->wbuf_len, rec, reclen);
+				l->loc.pack = cs->wpack;
+				l->loc.offset = cs->wsize;
+				cs->wbuf_len += reclen;
+				cs->wsize += reclen;
+				if (e)
+					e->loc = l->loc;
+				moved_any = true;
+			}
+		}
+		free(rec);
+		if (r < 0)
+			goto out_abort;
+	}
+	r = finish_pack(cs);
+	if (r < 0)
+		goto out_abort;
+	if (moved_any)
+		res->packs_written++;
+	else
+		unlinkat(cs->packs_dirfd, pack_name(cs->wpack, name), 0);
+	r = fsync_dir(cs->packs_dirfd);
+	if (r < 0)
+		goto out_abort;
+	crash_point("gc:pack-written");
+
+	/* The new index names only live chunks, in their new places. */
+	{
+		size_t len = INDEX_HEADER_SIZE + nlive * INDEX_RECORD_SIZE;
+		CLEANUP_FREE uint8_t *buf = malloc(len);
+
+		if (!buf) {
+			r = -ENOMEM;
+			goto out_abort;
+		}
+		index_header(buf);
+		for (size_t i = 0; i < nlive; i++)
+			index_encode(buf + INDEX_HEADER_SIZE + i * INDEX_RECORD_SIZE, live[i].id,
+				     &live[i].loc);
+		r = write_file_atomic(cs->region->dirfd, INDEX_NAME, buf, len, 0644);
+		if (r < 0)
+			goto out_abort;
+	}
+	crash_point("gc:index-written");
+
+	/* Now no index record names a pack that had a dead chunk, nor any
+	 * pack a crashed writer left: delete them. */
+	forget_pack_fds(cs);
+	for (uint32_t p = 1; p < nusage; p++) {
+		struct stat st;
+
+		if (!usage[p].exists || (usage[p].live && !usage[p].dead) || p == cs->wpack)
+			continue;
+		if (fstatat(cs->packs_dirfd, pack_name(p, name), &st, 0) == 0 &&
+		    unlinkat(cs->packs_dirfd, name, 0) == 0) {
+			res->bytes_freed += (uint64_t)st.st_size;
+			res->packs_removed++;
+		}
+		crash_point("gc:pack-removed");
+	}
+	fsync_dir(cs->packs_dirfd);
+	if (moved_any) {
+		struct stat st;
+
+		if (fstatat(cs->packs_dirfd, pack_name(cs->wpack, name), &st, 0) == 0)
+			res->bytes_freed -= MIN(res->bytes_freed, (uint64_t)st.st_size);
+	}
+	cs->writing = false;
+	cs->nwpacks = 0;
+	cs->npending = 0;
+	r = index_load_tail(cs, true);
+	pthread_mutex_unlock(&cs->lock);
+	return r;
+
+out_abort:
+	pthread_mutex_unlock(&cs->lock);
+	cs_abort(cs);
+	return r;
+}

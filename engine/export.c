@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+/* export.c: write a volume or a snapshot out as a raw image. Zero chunks
+ * become holes in a regular file (written as zeroes on a block device).
+ * Stored chunks are read a batch at a time and decoded on the pool. */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define EXPORT_BATCH 64
+
+int export_raw(struct kiln_region *rg, uint64_t size, uint32_t chunk_size,
+	       void (*classify)(void *opaque, uint64_t i, struct chunk_source *src),
+	       void *opaque, const char *path, kiln_progress_fn progress, void *popaque)
+{
+	uint64_t nchunks = DIV_ROUND_UP(size, chunk_size);
+	CLEANUP_FREE uint8_t *space = aligned_alloc(4096, (size_t)EXPORT_BATCH * chunk_size);
+	CLEANUP_CLOSE int fd = -1;
+	struct stat st;
+	bool blockdev;
+	int r;
+
+	if (!space)
+		return -ENOMEM;
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	blockdev = S_ISBLK(st.st_mode);
+	if (!blockdev) {
+		/* Empty first, so every hole we leave reads as zero. */
+		if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)size) < 0)
+			return -errno;
+	}
+
+	for (uint64_t b = 0; b < nchunks; b += EXPORT_BATCH) {
+		size_t n = (size_t)MIN((uint64_t)EXPORT_BATCH, nchunks - b);
+		uint8_t ids[EXPORT_BATCH][CHUNK_ID_SIZE];
+		void *bufs[EXPORT_BATCH];
+		struct io_req reads[EXPORT_BATCH], writes[EXPORT_BATCH];
+		size_t nids = 0, nreads = 0, nwrites = 0;
+		bool write_it[EXPORT_BATCH];
+
+		for (size_t k = 0; k < n; k++) {
+			struct chunk_source src = { 0 };
+			uint64_t i = b + k;
+			uint8_t *buf = space + k * (size_t)chunk_size;
+
+			classify(opaque, i, &src);
+			write_it[k] = src.kind != SRC_ZERO || blockdev;
+			if (src.kind == SRC_ZERO) {
+				if (blockdev)
+					memset(buf, 0, chunk_size);
+			} else if (src.kind == SRC_STORED) {
+				memcpy(ids[nids], src.id, CHUNK_ID_SIZE);
+				bufs[nids++] = buf;
+			} else {
+				reads[nreads++] = (struct io_req){ .fd = src.fd, .op = IO_READ, .buf = buf,
+								   .len = chunk_size, .off = i * chunk_size };
+			}
+		}
+		r = io_run(reads, nreads);
+		if (r < 0)
+			return r;
+		for (size_t k = 0; k < nreads; k++)
+			if ((uint32_t)reads[k].res < chunk_size)
+				memset((uint8_t *)reads[k].buf + reads[k].res, 0,
+				       chunk_size - (uint32_t)reads[k].res);
+		if (nids) {
+			r = cs_read_many(rg->cs, nids, (const uint8_t (*)[CHUNK_ID_SIZE])ids, bufs, chunk_size);
+			if (r < 0)
+				return r;
+		}
+		for (size_t k = 0; k < n; k++) {
+			uint64_t off = (b + k) * chunk_size;
+			uint8_t *buf = space + k * (size_t)chunk_size;
+			uint32_t len = (uint32_t)MIN((uint64_t)chunk_size, size - off);
+
+			if (!write_it[k] || (!blockdev && buf_is_zero(buf, len)))
+				continue;
+			writes[nwrites++] = (struct io_req){ .fd = fd, .op = IO_WRITE, .buf = buf,
+							     .len = len, .off = off };
+		}
+		r = io_run(writes, nwrites);
+		if (r < 0)
+			return r;
+		for (size_t k = 0; k < nwrites; k++)
+			if ((uint32_t)writes[k].res != writes[k].len)
+				return -EIO;
+		if (progress)
+			progress(popaque, MIN((b + n) * chunk_size, size), size);
+	}
+	if (fsync(fd) < 0 && errno != EINVAL)
+		return -errno;
+	return 0;
+}
+
+
+static void classify_volume(void *opaque, uint64_t i, struct chunk_source *src)
+{
+	struct kiln_volume *v = opaque;
+
+	switch (vmap_state(v->map, i)) {
+	case CHUNK_ZERO:
+		src->kind = SRC_ZERO;
+		break;
+	case CHUNK_LOCAL:
+		src->kind = SRC_OVERLAY;
+		src->fd = v->overlay_fd;
+		break;
+	case CHUNK_BASE:
+		src->kind = SRC_STORED;
+		src->id = v->parent->ids[i];
+		break;
+	}
+}
+
+int kiln_volume_export(struct kiln_region *rg, const char *volume_id, const char *path,
+		       kiln_progress_fn progress, void *opaque)
+{
+	struct kiln_volume *v;
+	int r = kiln_volume_open(rg, volume_id, KILN_OPEN_READONLY, &v);
+
+	if (r < 0)
+		return r;
+	r = export_raw(rg, v->map->size, v->map->chunk_size, classify_volume, v, path, progress, opaque);
+	kiln_volume_close(v);
+	return r;
+}

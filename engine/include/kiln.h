@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: MIT */
+/* kiln.h: the one public header of libkiln, the kiln engine.
+ *
+ * Conventions: every action returns 0 (or a count) on success and -errno on
+ * failure; out-parameters are named ret_* and written only on success;
+ * every *_close() and *_free() accepts NULL. The library never prints
+ * above debug level (KILN_DEBUG=1 in the environment turns debug on) and
+ * never exits.
+ *
+ * Error codes the caller can rely on:
+ *   -ENOENT   unknown id, or a store/region that does not exist
+ *   -EINVAL   malformed id or argument
+ *   -EXDEV    an id that belongs to another region of the store
+ *   -EBUSY    a volume opened for writing by another process
+ *   -EBADMSG  corrupt on-disk data (bad checksum, chunk id mismatch)
+ *   -ENOSPC   disk full; nothing that was complete before is changed
+ *   -ENOTEMPTY / -EEXIST  as their names say (e.g. init on a store)
+ */
+#ifndef KILN_H
+#define KILN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KILN_ID_MAX 32            /* room for any id and its NUL */
+#define KILN_REGION_MAX 32
+#define KILN_ACCOUNT_LEN 12
+#define KILN_DEFAULT_CHUNK_SIZE (64u * 1024)
+#define KILN_MIN_CHUNK_SIZE (4u * 1024)
+#define KILN_MAX_CHUNK_SIZE (4u * 1024 * 1024)
+#define KILN_DEFAULT_ACCOUNT "123456789012"
+
+struct kiln_store;
+struct kiln_region;
+struct kiln_volume;
+
+/* A callback for long work: done and total are in bytes. */
+typedef void (*kiln_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+/* ---- store ---------------------------------------------------------- */
+
+struct kiln_store_options {
+	uint32_t chunk_size;      /* 0: KILN_DEFAULT_CHUNK_SIZE */
+	int zstd_level;           /* 0: the default (see docs/DECISIONS.md) */
+	const char *account;      /* NULL: KILN_DEFAULT_ACCOUNT */
+};
+
+/* Create a store in dir (created if missing, must be empty otherwise) with
+ * the regions us-east-1 and eu-west-1. */
+int kiln_store_init(const char *dir, const struct kiln_store_options *opts);
+int kiln_store_open(const char *dir, struct kiln_store **ret_store);
+void kiln_store_close(struct kiln_store *store);
+
+uint32_t kiln_store_chunk_size(const struct kiln_store *store);
+int kiln_store_zstd_level(const struct kiln_store *store);
+const char *kiln_store_default_account(const struct kiln_store *store);
+const char *kiln_store_path(const struct kiln_store *store);
+
+/* Regions, sorted by name. Calls fn once per region; stops early on a
+ * non-zero return and passes it up. */
+int kiln_store_list_regions(struct kiln_store *store,
+			    int (*fn)(void *opaque, const char *region), void *opaque);
+
+int kiln_region_open(struct kiln_store *store, const char *name,
+		     struct kiln_region **ret_region);
+void kiln_region_close(struct kiln_region *region);
+const char *kiln_region_name(const struct kiln_region *region);
+struct kiln_store *kiln_region_store(struct kiln_region *region);
+
+/* ---- ids ------------------------------------------------------------ */
+
+/* true when id is prefix + "-" + 17 lowercase hex digits, e.g. "vol". */
+bool kiln_id_valid(const char *id, const char *prefix);
+/* true when account is exactly 12 decimal digits. */
+bool kiln_account_valid(const char *account);
+
+/* ---- volumes -------------------------------------------------------- */
+
+enum kiln_volume_state {
+	KILN_VOLUME_CREATING,
+	KILN_VOLUME_AVAILABLE,
+	KILN_VOLUME_IN_USE,
+	KILN_VOLUME_DELETING,
+	_KILN_VOLUME_STATE_MAX,
+};
+
+struct kiln_volume_info {
+	char id[KILN_ID_MAX];
+	char snapshot_id[KILN_ID_MAX];   /* "" when created blank */
+	char owner[KILN_ACCOUNT_LEN + 1];
+	char region[KILN_REGION_MAX];
+	uint64_t size;                   /* bytes */
+	uint32_t chunk_size;
+	enum kiln_volume_state state;
+	int64_t create_time;             /* seconds since the epoch, UTC */
+	char last_snapshot_id[KILN_ID_MAX];
+	uint64_t dirty_chunks;           /* changed since last_snapshot_id */
+};
+
+const char *kiln_volume_state_name(enum kiln_volume_state s);
+
+/* Create a volume. snapshot_id NULL or "": blank volume of size bytes.
+ * Otherwise a copy-on-write volume of the snapshot; size 0 means the
+ * snapshot's size, a smaller size than the snapshot's is -EINVAL. No chunk
+ * bytes are copied. */
+int kiln_volume_create(struct kiln_region *region, const char *account,
+		       uint64_t size, const char *snapshot_id,
+		       char ret_id[KILN_ID_MAX]);
+
+/* Delete a volume: -EBUSY while another process has it open. */
+int kiln_volume_delete(struct kiln_region *region, const char *volume_id);
+
+int kiln_volume_describe(struct kiln_region *region, const char *volume_id,
+			 struct kiln_volume_info *ret_info);
+/* All volumes in creation order. fn's non-zero return stops and is passed up. */
+int kiln_volume_list(struct kiln_region *region,
+		     int (*fn)(void *opaque, const struct kiln_volume_info *info),
+		     void *opaque);
+
+#define KILN_OPEN_READONLY 0u
+#define KILN_OPEN_WRITE    1u    /* take the volume's owner lock */
+
+int kiln_volume_open(struct kiln_region *region, const char *volume_id,
+		     unsigned flags, struct kiln_volume **ret_volume);
+/* Close flushes when opened for writing; returns the flush's error. */
+int kiln_volume_close(struct kiln_volume *volume);
+
+uint64_t kiln_volume_size(const struct kiln_volume *volume);
+uint32_t kiln_volume_chunk_size(const struct kiln_volume *volume);
+const char *kiln_volume_id(const struct kiln_volume *volume);
+
+/* Byte-granular I/O. Requests beyond the end of the volume are -EINVAL.
+ * Thread-safe: any number of threads may call these on one handle. */
+int kiln_volume_read(struct kiln_volume *volume, void *buf, uint64_t count,
+		     uint64_t offset);
+int kiln_volume_write(struct kiln_volume *volume, const void *buf,
+		      uint64_t count, uint64_t offset);
+/* Deallocate: the range reads back as zeroes. */
+int kiln_volume_trim(struct kiln_volume *volume, uint64_t count, uint64_t offset);
+int kiln_volume_write_zeroes(struct kiln_volume *volume, uint64_t count,
+			     uint64_t offset);
+/* Make every write that completed before the call durable. */
+int kiln_volume_flush(struct kiln_volume *volume);
+
+/* Allocation status of a range, chunk by chunk. */
+enum kiln_extent_type {
+	KILN_EXTENT_DATA,        /* bytes that may be non-zero */
+	KILN_EXTENT_ZERO,        /* reads as zero, backed by the base snapshot */
+	KILN_EXTENT_HOLE,        /* reads as zero, nothing allocated */
+};
+/* Calls fn with maximal runs of one type covering [offset, offset+count),
+ * clipped to that range. */
+int kiln_volume_map_status(struct kiln_volume *volume, uint64_t count,
+			   uint64_t offset,
+			   int (*fn)(void *opaque, uint64_t offset, uint64_t length,
+				     enum kiln_extent_type type),
+			   void *opaque);
+
+/* Import a raw file (or block device) into a volume. volume_id NULL or "":
+ * a new volume of the file's size (rounded up to 512 bytes is not done:
+ * the size is the file's). Otherwise overwrite an existing volume of at
+ * least the file's size: only chunks whose contents differ become dirty.
+ * ret_id gets the volume's id; ret_changed (may be NULL) the number of
+ * chunks that changed. */
+int kiln_volume_import(struct kiln_region *region, const char *account,
+		       const char *path, const char *volume_id,
+		       kiln_progress_fn progress, void *opaque,
+		       char ret_id[KILN_ID_MAX], uint64_t *ret_changed);
+
+/* Write the volume to path as a sparse raw file (created or truncated). */
+int kiln_volume_export(struct kiln_region *region, const char *volume_id,
+		       const char *path, kiln_progress_fn progress, void *opaque);
+
+/* ---- snapshots ------------------------------------------------------ */
+
+enum kiln_snapshot_state {
+	KILN_SNAPSHOT_PENDING,
+	KILN_SNAPSHOT_COMPLETED,
+	KILN_SNAPSHOT_ERROR,
+	_KILN_SNAPSHOT_STATE_MAX,
+};
+
+struct kiln_snapshot_info {
+	char id[KILN_ID_MAX];
+	char volume_id[KILN_ID_MAX];
+	char parent_id[KILN_ID_MAX];     /* previous snapshot of the volume, or "" */
+	char owner[KILN_ACCOUNT_LEN + 1];
+	char region[KILN_REGION_MAX];
+	char description[256];
+	uint64_t size;                   /* volume size in bytes */
+	uint32_t chunk_size;
+	enum kiln_snapshot_state state;
+	int64_t start_time;
+	uint64_t chunks_total;           /* chunks in the volume */
+	uint64_t chunks_data;            /* non-zero chunks */
+	uint64_t chunks_changed;         /* dirty chunks read and hashed */
+	uint64_t chunks_new;             /* chunks this snapshot added to the store */
+	uint64_t bytes_new_stored;       /* stored (compressed) bytes it added */
+};
+
+const char *kiln_snapshot_state_name(enum kiln_snapshot_state s);
+
+/* Snapshot an open (KILN_OPEN_WRITE) volume at this point: every write that
+ * completed before the call is in it, none that starts after it returns.
+ * Only chunks dirty since the volume's last snapshot are read and hashed. */
+int kiln_volume_snapshot(struct kiln_volume *volume, const char *account,
+			 const char *description,
+			 kiln_progress_fn progress, void *opaque,
+			 char ret_id[KILN_ID_MAX]);
+
+/* Convenience: open the volume for writing, snapshot, close. */
+int kiln_snapshot_create(struct kiln_region *region, const char *account,
+			 const char *volume_id, const char *description,
+			 kiln_progress_fn progress, void *opaque,
+			 char ret_id[KILN_ID_MAX]);
+
+int kiln_snapshot_describe(struct kiln_region *region, const char *snapshot_id,
+			   struct kiln_snapshot_info *ret_info);
+int kiln_snapshot_list(struct kiln_region *region,
+		       int (*fn)(void *opaque, const struct kiln_snapshot_info *info),
+		       void *opaque);
+int kiln_snapshot_delete(struct kiln_region *region, const char *snapshot_id);
+int kiln_snapshot_export(struct kiln_region *region, const char *snapshot_id,
+			 const char *path, kiln_progress_fn progress, void *opaque);
+
+/* Read from a completed snapshot (e.g. to probe it without exporting). */
+int kiln_snapshot_read(struct kiln_region *region, const char *snapshot_id,
+		       void *buf, uint64_t count, uint64_t offset);
+
+/* Changed ranges between two snapshots of one chunk size: fn is called
+ * for each maximal run of chunks whose ids differ, in order. */
+int kiln_snapshot_diff(struct kiln_region *region, const char *snapshot_a,
+		       const char *snapshot_b,
+		       int (*fn)(void *opaque, uint64_t offset, uint64_t length),
+		       void *opaque);
+
+/* ---- store maintenance ---------------------------------------------- */
+
+struct kiln_region_stats {
+	uint64_t volumes, snapshots;
+	uint64_t logical_bytes;   /* sum of the snapshots' sizes */
+	uint64_t data_bytes;      /* sum of the snapshots' non-zero chunk bytes */
+	uint64_t unique_chunks;   /* chunks in the chunk store */
+	uint64_t unique_bytes;    /* their raw bytes */
+	uint64_t stored_bytes;    /* their stored (compressed) bytes */
+	uint64_t pack_bytes;      /* bytes of the pack files on disk */
+	uint64_t overlay_bytes;   /* bytes allocated by volume overlays */
+};
+
+int kiln_region_stats(struct kiln_region *region, struct kiln_region_stats *ret_stats);
+
+/* One corrupt chunk found by verify; snapshots lists the completed
+ * snapshots whose manifests use it (NUL-separated, double NUL at end). */
+struct kiln_verify_problem {
+	char chunk_id[33];              /* 32 hex digits */
+	const char *what;               /* e.g. "id mismatch", "missing" */
+	const char *snapshots;
+};
+
+struct kiln_verify_result {
+	uint64_t chunks_checked;
+	uint64_t bytes_checked;
+	uint64_t corrupt_chunks;
+	uint64_t manifests_checked;
+	uint64_t bad_manifests;         /* unreadable manifest or missing chunk */
+};
+
+int kiln_region_verify(struct kiln_region *region,
+		       void (*report)(void *opaque, const struct kiln_verify_problem *p),
+		       void *opaque, kiln_progress_fn progress,
+		       struct kiln_verify_result *ret_result);
+
+struct kiln_gc_result {
+	uint64_t chunks_removed;
+	uint64_t bytes_freed;          /* pack bytes removed from disk */
+	uint64_t packs_removed;
+	uint64_t packs_written;
+	uint64_t chunks_kept;
+};
+
+int kiln_region_gc(struct kiln_region *region, struct kiln_gc_result *ret_result);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KILN_H */

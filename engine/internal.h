@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: MIT */
+/* internal.h: declarations shared by the engine's modules, one section per
+ * file. Nothing outside engine/ includes this. */
+#ifndef KILN_INTERNAL_H
+#define KILN_INTERNAL_H
+
+#include <endian.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "kiln.h"
+#include "common/cleanup.h"
+#include "common/minmax.h"
+
+#define CHUNK_ID_SIZE 16
+#define SECRET_SIZE 192          /* XXH3 secret; >= XXH3_SECRET_SIZE_MIN */
+#define DEFAULT_ZSTD_LEVEL 1     /* see docs/DECISIONS.md */
+
+/* ---- util.c --------------------------------------------------------- */
+
+extern bool kiln_debug_enabled;
+void kiln_debug_init(void);
+void debug_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define debug(fmt, ...) \
+	do { if (unlikely(kiln_debug_enabled)) debug_msg(fmt, ##__VA_ARGS__); } while (0)
+
+int random_bytes(void *buf, size_t len);
+int random_id(const char *prefix, char ret_id[KILN_ID_MAX]);
+/* Write a whole file atomically: temp file, fsync, rename, fsync dir. */
+int write_file_atomic(int dirfd, const char *name, const void *buf, size_t len, mode_t mode);
+int read_file(int dirfd, const char *name, size_t max, void **ret_buf, size_t *ret_len);
+int fsync_dir(int dirfd);
+int pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+int pread_all(int fd, void *buf, size_t len, uint64_t off);
+bool buf_is_zero(const void *buf, size_t len);
+void hex_encode(const uint8_t *in, size_t len, char *out);
+int hex_decode(const char *in, uint8_t *out, size_t len);
+int64_t now_seconds(void);
+/* Fault injection for crash tests: when KILN_CRASH_POINT names this point,
+ * the process kills itself with SIGKILL right here. */
+void crash_point(const char *name);
+
+/* ---- io.c: all volume and pack I/O (io_uring, or pread/pwrite) ------- */
+
+enum io_op { IO_READ, IO_WRITE };
+
+struct io_req {
+	int fd;
+	enum io_op op;
+	void *buf;
+	uint32_t len;
+	uint64_t off;
+	int res;            /* after completion: bytes done or -errno */
+};
+
+/* Run n requests with queue depth > 1 and wait for all of them. Short
+ * transfers are resumed; a read that hits end of file stops there (res
+ * tells how much). Returns 0 or the first -errno. */
+int io_run(struct io_req *reqs, size_t n);
+/* Start n requests now; io_finish() waits for them. One batch in flight
+ * per thread. reqs must stay valid until io_finish() returns. */
+int io_start(struct io_req *reqs, size_t n);
+int io_finish(void);
+const char *io_backend_name(void);
+
+/* ---- pool.c: a small pool of worker threads sized to the cores ------- */
+
+/* Call fn(arg, i) for i in [0, n) on the pool; the caller works too. */
+void pool_run(void (*fn)(void *arg, size_t i), void *arg, size_t n);
+unsigned pool_threads(void);
+
+/* ---- compress.c: the only zstd user --------------------------------- */
+
+size_t compress_bound(size_t len);
+/* Returns the compressed length, 0 when the chunk does not compress well
+ * enough to be worth it (store raw), or -errno. */
+ssize_t compress_chunk(const void *src, size_t len, void *dst, size_t cap, int level);
+int decompress_chunk(const void *src, size_t slen, void *dst, size_t raw_len);
+
+/* ---- store.c -------------------------------------------------------- */
+
+struct kiln_store {
+	char *path;
+	int dirfd;
+	uint32_t chunk_size;
+	int zstd_level;
+	char account[KILN_ACCOUNT_LEN + 1];
+	uint8_t secret[SECRET_SIZE];
+};
+
+struct catalog;
+struct chunkstore;
+
+struct kiln_region {
+	struct kiln_store *store;
+	char name[KILN_REGION_MAX];
+	int dirfd;              /* regions/NAME */
+	int volumes_dirfd;      /* regions/NAME/volumes */
+	int manifests_dirfd;    /* regions/NAME/manifests */
+	struct catalog *cat;
+	struct chunkstore *cs;
+	int lock_fd;            /* regions/NAME/lock: flock for chunk store writers */
+	int lock_depth;
+};
+
+void chunk_hash(const struct kiln_store *store, const void *buf, size_t len,
+		uint8_t id[CHUNK_ID_SIZE]);
+
+/* The region's writer lock: snapshot, gc and copy hold it exclusively.
+ * Taking it also clears what a crashed writer left pending. */
+int region_lock(struct kiln_region *region);
+void region_unlock(struct kiln_region *region);
+/* -EXDEV when id exists in another region of the store, else -ENOENT. */
+int region_missing_id(struct kiln_region *region, const char *id);
+
+/* ---- manifest.c ----------------------------------------------------- */
+
+struct manifest {
+	uint32_t chunk_size;
+	uint64_t size;
+	uint64_t nchunks;
+	char snapshot_id[KILN_ID_MAX];
+	char parent_id[KILN_ID_MAX];
+	uint8_t (*ids)[CHUNK_ID_SIZE];
+};
+
+static inline bool chunk_id_is_zero(const uint8_t id[CHUNK_ID_SIZE])
+{
+	static const uint8_t zero[CHUNK_ID_SIZE];
+	return __builtin_memcmp(id, zero, CHUNK_ID_SIZE) == 0;
+}
+
+struct manifest *manifest_new(uint64_t size, uint32_t chunk_size);
+void manifest_free(struct manifest *m);
+int manifest_write(int dirfd, const char *name, const struct manifest *m);
+int manifest_read(int dirfd, const char *name, struct manifest **ret_m);
+char *manifest_name(const char *snapshot_id);   /* "snap-….manifest", malloc'd */
+
+/* ---- vmap.c: the volume map (chunk states + dirty bits) ------------- */
+
+enum chunk_state {
+	CHUNK_ZERO = 0,     /* reads as zero; nothing allocated */
+	CHUNK_LOCAL = 1,    /* in the overlay file */
+	CHUNK_BASE = 2,     /* read through to the parent manifest's chunk */
+};
+#define VMAP_STATE_MASK 0x03
+#define VMAP_DIRTY 0x80
+
+struct vmap {
+	int fd;
+	uint64_t size;
+	uint32_t chunk_size;
+	uint64_t nchunks;
+	char volume_id[KILN_ID_MAX];
+	char parent_id[KILN_ID_MAX];    /* the volume's last snapshot, or "" */
+	bool writable;
+	bool was_unclean;               /* opened after a crash: all LOCAL made dirty */
+	uint8_t *entries;
+	uint8_t *page_dirty;            /* one flag per 4 KiB page of entries */
+	bool header_dirty;
+};
+
+static inline enum chunk_state vmap_state(const struct vmap *m, uint64_t i)
+{
+	return (enum chunk_state)(m->entries[i] & VMAP_STATE_MASK);
+}
+static inline bool vmap_dirty(const struct vmap *m, uint64_t i)
+{
+	return m->entries[i] & VMAP_DIRTY;
+}
+void vmap_set(struct vmap *m, uint64_t i, enum chunk_state s, bool dirty);
+
+/* Create name with every chunk ZERO, or BASE where base has a non-zero id. */
+int vmap_create(int dirfd, const char *name, const char *volume_id, uint64_t size,
+		uint32_t chunk_size, const struct manifest *base);
+int vmap_open(int dirfd, const char *name, bool writable, struct vmap **ret_map);
+/* Write what changed and fdatasync. */
+int vmap_sync(struct vmap *m);
+/* Close; when writable, sync and mark the map clean. */
+int vmap_close(struct vmap *m);
+
+/* ---- chunkstore.c --------------------------------------------------- */
+
+#define CS_FLAG_ZSTD 0x0001
+
+struct chunk_loc {
+	uint32_t pack;
+	uint32_t stored_len;
+	uint64_t offset;        /* of the record header in the pack */
+	uint32_t raw_len;
+	uint16_t flags;
+};
+
+#define PACK_HEADER_SIZE 16
+#define RECORD_HEADER_SIZE 40
+#define INDEX_HEADER_SIZE 16
+#define INDEX_RECORD_SIZE 40
+
+int cs_open(struct kiln_region *region, struct chunkstore **ret_cs);
+void cs_close(struct chunkstore *cs);
+/* Look a chunk up; rereads the index when another process added to it. */
+int cs_lookup(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], struct chunk_loc *ret_loc);
+bool cs_contains(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE]);
+/* Read, decompress and verify one chunk into buf (raw_len bytes). */
+int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, size_t raw_len);
+/* The same for n chunks at once, I/O batched and decoding on the pool. */
+int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_SIZE],
+		 void *const *bufs, size_t raw_len);
+
+/* Writing (the caller holds the region lock): begin, add, commit|abort. */
+int cs_begin(struct chunkstore *cs);
+/* Queue a record. When the id is already stored, does nothing and sets
+ * *ret_added false. stored is compressed when flags has CS_FLAG_ZSTD. */
+int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
+	   uint32_t stored_len, uint32_t raw_len, uint16_t flags, bool *ret_added);
+/* Make the queued records durable: pack fdatasync, then index append. */
+int cs_commit(struct chunkstore *cs);
+void cs_abort(struct chunkstore *cs);
+
+/* Iterate the index (a snapshot of it taken at the call). */
+int cs_foreach(struct chunkstore *cs,
+	       int (*fn)(void *opaque, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc),
+	       void *opaque);
+uint64_t cs_count(struct chunkstore *cs);
+/* Verify one record in place: header, decompression, id. */
+int cs_verify_chunk(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc,
+		    void *scratch);
+int cs_packs_dirfd(struct chunkstore *cs);
+/* Replace the index with exactly the entries for which keep() is true,
+ * moving records out of packs that hold anything else. See gc.c. */
+int cs_compact(struct chunkstore *cs,
+	       bool (*keep)(void *opaque, const uint8_t id[CHUNK_ID_SIZE]), void *opaque,
+	       struct kiln_gc_result *res);
+
+/* ---- catalog.c: the region's SQLite catalog ------------------------- */
+
+int catalog_open(int dirfd, const char *region, struct catalog **ret_cat);
+void catalog_close(struct catalog *cat);
+int catalog_begin(struct catalog *cat);
+int catalog_commit(struct catalog *cat);
+void catalog_rollback(struct catalog *cat);
+
+int catalog_volume_insert(struct catalog *cat, const struct kiln_volume_info *info);
+int catalog_volume_get(struct catalog *cat, const char *id, struct kiln_volume_info *ret_info);
+int catalog_volume_set_state(struct catalog *cat, const char *id, enum kiln_volume_state s);
+int catalog_volume_set_last_snapshot(struct catalog *cat, const char *id, const char *snap_id);
+int catalog_volume_delete(struct catalog *cat, const char *id);
+int catalog_volume_list(struct catalog *cat,
+			int (*fn)(void *opaque, const struct kiln_volume_info *info), void *opaque);
+
+int catalog_snapshot_insert(struct catalog *cat, const struct kiln_snapshot_info *info);
+/* Record counters and the final state in one statement. */
+int catalog_snapshot_finish(struct catalog *cat, const struct kiln_snapshot_info *info);
+int catalog_snapshot_get(struct catalog *cat, const char *id, struct kiln_snapshot_info *ret_info);
+int catalog_snapshot_delete(struct catalog *cat, const char *id);
+int catalog_snapshot_list(struct catalog *cat,
+			  int (*fn)(void *opaque, const struct kiln_snapshot_info *info), void *opaque);
+/* Remove rows a crashed writer left pending; returns how many. */
+int catalog_drop_pending(struct catalog *cat);
+int catalog_exists(struct catalog *cat, const char *id);
+
+/* ---- volume.c ------------------------------------------------------ */
+
+struct kiln_volume {
+	struct kiln_region *region;
+	char id[KILN_ID_MAX];
+	char source_snapshot[KILN_ID_MAX];  /* created from, or "" */
+	struct vmap *map;
+	int overlay_fd;
+	struct manifest *parent;        /* what BASE chunks read through to */
+	bool writable;
+	uint8_t *zero_chunk;
+	pthread_rwlock_t io_lock;       /* I/O shared, snapshot exclusive */
+	pthread_mutex_t map_lock;       /* map entries */
+	pthread_mutex_t chunk_locks[64];/* copy-up of one chunk at a time */
+};
+
+int volume_create_locked(struct kiln_region *region, const char *account, uint64_t size,
+			 const char *snapshot_id, enum kiln_volume_state state,
+			 const struct manifest *parent, char ret_id[KILN_ID_MAX]);
+int volume_read_locked(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset);
+int volume_write_locked(struct kiln_volume *v, const void *src, uint64_t count, uint64_t offset);
+int volume_flush_locked(struct kiln_volume *v);
+
+/* Delete volumes left 'creating' by a process that died (their map lock
+ * is free). Called with the region lock held. */
+void volume_reap_creating(struct kiln_region *region);
+char *volume_file(const char *volume_id, const char *suffix);   /* "vol-….map" */
+
+/* ---- capture.c: hash, compress and store batches of chunks --------- */
+
+#define CAPTURE_BATCH 64        /* chunks per batch: the I/O queue depth */
+
+struct capture_slot {
+	uint64_t index;             /* chunk index in the volume */
+	uint8_t *data;              /* chunk_size bytes */
+	uint8_t *out;               /* compression output */
+	ssize_t out_len;            /* > 0 compressed, 0 raw */
+	uint8_t id[CHUNK_ID_SIZE];  /* zero for an all-zero chunk */
+	bool known;                 /* already in the chunk store */
+	bool skip;                  /* caller: leave this slot alone */
+};
+
+struct capture {
+	struct kiln_region *region;
+	uint32_t chunk_size;
+	bool store;                 /* compress and add new chunks */
+	struct capture_slot slots[2][CAPTURE_BATCH];
+	uint8_t *space;
+	uint64_t chunks_new, bytes_new_stored, chunks_data;
+};
+
+int capture_init(struct capture *c, struct kiln_region *region, bool store);
+void capture_free(struct capture *c);
+/* Zero check, hash, and (when storing) compress and add n slots of set s:
+ * the CPU part runs on the pool. The caller holds the region lock and
+ * a chunk store write session when storing. */
+int capture_batch(struct capture *c, int set, size_t n);
+
+/* ---- export.c: write chunks of a volume or snapshot to a raw file ---- */
+
+enum chunk_source_kind { SRC_ZERO, SRC_OVERLAY, SRC_STORED };
+
+struct chunk_source {
+	enum chunk_source_kind kind;
+	const uint8_t *id;          /* SRC_STORED */
+	int fd;                     /* SRC_OVERLAY: read at the chunk's offset */
+};
+
+int export_raw(struct kiln_region *region, uint64_t size, uint32_t chunk_size,
+	       void (*classify)(void *opaque, uint64_t i, struct chunk_source *src),
+	       void *opaque, const char *path, kiln_progress_fn progress, void *popaque);
+
+#endif /* KILN_INTERNAL_H */

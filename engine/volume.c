@@ -1,0 +1,694 @@
+/* SPDX-License-Identifier: MIT */
+/* volume.c: copy-on-write volumes.
+ *
+ * A volume is three files in the region's volumes/ directory:
+ *   vol-X.map     the volume map (vmap.c): per chunk ZERO, LOCAL or BASE,
+ *                 plus a dirty bit (changed since the last snapshot);
+ *   vol-X.data    the sparse overlay: LOCAL chunks at their own offsets;
+ *   vol-X.parent  a hard link to the manifest BASE chunks read through to
+ *                 (the source snapshot, then the volume's last snapshot).
+ *                 Manifests never change, so the link is as good as a copy,
+ *                 and it keeps the chunks alive for gc after the snapshot
+ *                 it came from is deleted.
+ *
+ * The first write to a BASE chunk copies it up whole into the overlay
+ * (like a qcow2 cluster over a backing file). Writes to a ZERO chunk go
+ * straight to the overlay, whose range is a hole. Whenever a chunk turns
+ * ZERO its overlay range is punched, so a ZERO chunk's range reads as
+ * zeroes.
+ *
+ * Locking: io_lock is taken shared by every I/O call and exclusively by
+ * snapshot, which so sees a frozen volume. map_lock guards the map's
+ * entries. A stripe of chunk locks serialises copy-up of one chunk. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define CHUNK_LOCKS 64
+
+char *volume_file(const char *volume_id, const char *suffix)
+{
+	char *s;
+
+	if (asprintf(&s, "%s.%s", volume_id, suffix) < 0)
+		return NULL;
+	return s;
+}
+
+static int lookup_error(struct kiln_region *rg, const char *id, int r)
+{
+	return r == -ENOENT ? region_missing_id(rg, id) : r;
+}
+
+/* ---- create / delete ------------------------------------------------- */
+
+int volume_create_locked(struct kiln_region *rg, const char *account, uint64_t size,
+			 const char *snapshot_id, enum kiln_volume_state state,
+			 const struct manifest *parent, char ret_id[KILN_ID_MAX])
+{
+	struct kiln_volume_info info = { 0 };
+	struct manifest *base = NULL;
+	CLEANUP_FREE char *map = NULL, *data = NULL, *par = NULL, *mname = NULL;
+	uint32_t chunk_size = kiln_store_chunk_size(rg->store);
+	int fd, r;
+
+	if (!kiln_account_valid(account) || size == 0)
+		return -EINVAL;
+	if (snapshot_id && *snapshot_id) {
+		struct kiln_snapshot_info snap;
+
+		if (!kiln_id_valid(snapshot_id, "snap"))
+			return -EINVAL;
+		r = catalog_snapshot_get(rg->cat, snapshot_id, &snap);
+		if (r < 0)
+			return lookup_error(rg, snapshot_id, r);
+		if (snap.state != KILN_SNAPSHOT_COMPLETED)
+			return -EAGAIN;
+		if (size == 0 || size == UINT64_MAX)
+			size = snap.size;
+		if (size < snap.size)
+			return -EINVAL;
+		chunk_size = snap.chunk_size;
+		mname = manifest_name(snapshot_id);
+		if (!mname)
+			return -ENOMEM;
+		r = manifest_read(rg->manifests_dirfd, mname, &base);
+		if (r < 0)
+			return r == -ENOENT ? -EBADMSG : r;
+		snprintf(info.snapshot_id, sizeof info.snapshot_id, "%s", snapshot_id);
+	} else if (parent) {
+		chunk_size = parent->chunk_size;
+	}
+
+	r = random_id("vol", info.id);
+	if (r < 0)
+		goto out;
+	map = volume_file(info.id, "map");
+	data = volume_file(info.id, "data");
+	par = volume_file(info.id, "parent");
+	if (!map || !data || !par) {
+		r = -ENOMEM;
+		goto out;
+	}
+	fd = openat(rg->volumes_dirfd, data, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		r = -errno;
+		goto out;
+	}
+	r = ftruncate(fd, (off_t)size) < 0 ? -errno : 0;
+	close(fd);
+	if (r < 0)
+		goto out_unlink;
+	if (base) {
+		if (linkat(rg->manifests_dirfd, mname, rg->volumes_dirfd, par, 0) < 0) {
+			r = -errno;
+			goto out_unlink;
+		}
+	} else if (parent) {
+		r = manifest_write(rg->volumes_dirfd, par, parent);
+		if (r < 0)
+			goto out_unlink;
+	}
+	r = vmap_create(rg->volumes_dirfd, map, info.id, size, chunk_size, base ? base : parent);
+	if (r < 0)
+		goto out_unlink;
+	r = fsync_dir(rg->volumes_dirfd);
+	if (r < 0)
+		goto out_unlink;
+
+	snprintf(info.owner, sizeof info.owner, "%s", account);
+	info.size = size;
+	info.chunk_size = chunk_size;
+	info.state = state;
+	info.create_time = now_seconds();
+	r = catalog_volume_insert(rg->cat, &info);
+	if (r < 0)
+		goto out_unlink;
+	memcpy(ret_id, info.id, KILN_ID_MAX);
+	goto out;
+
+out_unlink:
+	unlinkat(rg->volumes_dirfd, map, 0);
+	unlinkat(rg->volumes_dirfd, data, 0);
+	unlinkat(rg->volumes_dirfd, par, 0);
+out:
+	manifest_free(base);
+	return r;
+}
+
+int kiln_volume_create(struct kiln_region *rg, const char *account, uint64_t size,
+		       const char *snapshot_id, char ret_id[KILN_ID_MAX])
+{
+	int r;
+
+	if ((!snapshot_id || !*snapshot_id) && size == 0)
+		return -EINVAL;
+	r = region_lock(rg);
+	if (r < 0)
+		return r;
+	r = volume_create_locked(rg, account, size, snapshot_id, KILN_VOLUME_AVAILABLE, NULL, ret_id);
+	region_unlock(rg);
+	return r;
+}
+
+static void unlink_volume_files(struct kiln_region *rg, const char *id)
+{
+	static const char *const suffixes[] = { "map", "data", "parent" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(suffixes); i++) {
+		CLEANUP_FREE char *name = volume_file(id, suffixes[i]);
+
+		if (name)
+			unlinkat(rg->volumes_dirfd, name, 0);
+	}
+	fsync_dir(rg->volumes_dirfd);
+}
+
+/* Try to take a volume's owner lock without waiting: true when nobody
+ * has it open for writing. */
+static bool volume_idle(struct kiln_region *rg, const char *id)
+{
+	CLEANUP_FREE char *map = volume_file(id, "map");
+	CLEANUP_CLOSE int fd = map ? openat(rg->volumes_dirfd, map, O_RDONLY | O_CLOEXEC) : -1;
+
+	if (fd < 0)
+		return true;
+	return flock(fd, LOCK_EX | LOCK_NB) == 0;
+}
+
+int kiln_volume_delete(struct kiln_region *rg, const char *id)
+{
+	struct kiln_volume_info info;
+	CLEANUP_FREE char *map = NULL;
+	CLEANUP_CLOSE int fd = -1;
+	int r;
+
+	if (!kiln_id_valid(id, "vol"))
+		return -EINVAL;
+	r = catalog_volume_get(rg->cat, id, &info);
+	if (r < 0)
+		return lookup_error(rg, id, r);
+	map = volume_file(id, "map");
+	if (!map)
+		return -ENOMEM;
+	/* Hold the owner lock while the volume goes, so nobody opens it. */
+	fd = openat(rg->volumes_dirfd, map, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
+		return errno == EWOULDBLOCK ? -EBUSY : -errno;
+	r = region_lock(rg);
+	if (r < 0)
+		return r;
+	r = catalog_volume_delete(rg->cat, id);
+	if (r == 0)
+		unlink_volume_files(rg, id);
+	region_unlock(rg);
+	return r;
+}
+
+static int reap_one(void *opaque, const struct kiln_volume_info *v)
+{
+	struct kiln_region *rg = opaque;
+
+	if (v->state == KILN_VOLUME_CREATING && volume_idle(rg, v->id)) {
+		debug("volume %s: its creator died; removing it", v->id);
+		if (catalog_volume_delete(rg->cat, v->id) == 0)
+			unlink_volume_files(rg, v->id);
+	}
+	return 0;
+}
+
+void volume_reap_creating(struct kiln_region *rg)
+{
+	catalog_volume_list(rg->cat, reap_one, rg);
+}
+
+int kiln_volume_describe(struct kiln_region *rg, const char *id, struct kiln_volume_info *ret_info)
+{
+	struct kiln_volume_info info;
+	int r;
+
+	if (!kiln_id_valid(id, "vol"))
+		return -EINVAL;
+	r = catalog_volume_get(rg->cat, id, &info);
+	if (r < 0)
+		return lookup_error(rg, id, r);
+	info.state = info.state == KILN_VOLUME_AVAILABLE && !volume_idle(rg, id)
+		? KILN_VOLUME_IN_USE : info.state;
+	{
+		CLEANUP_FREE char *map = volume_file(id, "map");
+		struct vmap *m;
+
+		if (map && vmap_open(rg->volumes_dirfd, map, false, &m) == 0) {
+			for (uint64_t i = 0; i < m->nchunks; i++)
+				info.dirty_chunks += vmap_dirty(m, i);
+			vmap_close(m);
+		}
+	}
+	*ret_info = info;
+	return 0;
+}
+
+struct list_ctx {
+	struct kiln_region *rg;
+	int (*fn)(void *opaque, const struct kiln_volume_info *info);
+	void *opaque;
+};
+
+static int list_one(void *opaque, const struct kiln_volume_info *v)
+{
+	struct list_ctx *l = opaque;
+	struct kiln_volume_info info;
+
+	if (kiln_volume_describe(l->rg, v->id, &info) < 0)
+		info = *v;
+	return l->fn(l->opaque, &info);
+}
+
+int kiln_volume_list(struct kiln_region *rg,
+		     int (*fn)(void *opaque, const struct kiln_volume_info *info), void *opaque)
+{
+	struct list_ctx l = { rg, fn, opaque };
+
+	return catalog_volume_list(rg->cat, list_one, &l);
+}
+
+/* ---- open / close ---------------------------------------------------- */
+
+int kiln_volume_open(struct kiln_region *rg, const char *id, unsigned flags,
+		     struct kiln_volume **ret_volume)
+{
+	struct kiln_volume *v;
+	struct kiln_volume_info info;
+	CLEANUP_FREE char *map = NULL, *data = NULL, *par = NULL;
+	bool writable = flags & KILN_OPEN_WRITE;
+	int r;
+
+	if (!kiln_id_valid(id, "vol"))
+		return -EINVAL;
+	r = catalog_volume_get(rg->cat, id, &info);
+	if (r < 0)
+		return lookup_error(rg, id, r);
+	map = volume_file(id, "map");
+	data = volume_file(id, "data");
+	par = volume_file(id, "parent");
+	v = calloc(1, sizeof *v);
+	if (!map || !data || !par || !v) {
+		free(v);
+		return -ENOMEM;
+	}
+	v->region = rg;
+	v->overlay_fd = -1;
+	v->writable = writable;
+	snprintf(v->id, sizeof v->id, "%s", id);
+	snprintf(v->source_snapshot, sizeof v->source_snapshot, "%s", info.snapshot_id);
+	pthread_rwlock_init(&v->io_lock, NULL);
+	pthread_mutex_init(&v->map_lock, NULL);
+	for (int i = 0; i < CHUNK_LOCKS; i++)
+		pthread_mutex_init(&v->chunk_locks[i], NULL);
+
+	r = vmap_open(rg->volumes_dirfd, map, writable, &v->map);
+	if (r < 0)
+		goto out_close;
+	v->overlay_fd = openat(rg->volumes_dirfd, data, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	if (v->overlay_fd < 0) {
+		r = errno == ENOENT ? -EBADMSG : -errno;
+		goto out_close;
+	}
+	r = manifest_read(rg->volumes_dirfd, par, &v->parent);
+	if (r == -ENOENT) {
+		v->parent = NULL;
+	} else if (r < 0) {
+		goto out_close;
+	} else if (v->parent->chunk_size != v->map->chunk_size) {
+		r = -EBADMSG;
+		goto out_close;
+	}
+	for (uint64_t i = 0; i < v->map->nchunks; i++) {
+		if (vmap_state(v->map, i) == CHUNK_BASE &&
+		    (!v->parent || i >= v->parent->nchunks || chunk_id_is_zero(v->parent->ids[i]))) {
+			r = -EBADMSG;       /* BASE with nothing to read through to */
+			goto out_close;
+		}
+	}
+	v->zero_chunk = calloc(1, v->map->chunk_size);
+	if (!v->zero_chunk) {
+		r = -ENOMEM;
+		goto out_close;
+	}
+	*ret_volume = v;
+	return 0;
+out_close:
+	kiln_volume_close(v);
+	return r;
+}
+
+int kiln_volume_close(struct kiln_volume *v)
+{
+	int r = 0;
+
+	if (!v)
+		return 0;
+	if (v->writable && v->overlay_fd >= 0 && fdatasync(v->overlay_fd) < 0)
+		r = -errno;
+	if (v->map) {
+		int r2 = vmap_close(v->map);     /* syncs and marks clean */
+
+		if (r == 0)
+			r = r2;
+	}
+	if (v->overlay_fd >= 0)
+		close(v->overlay_fd);
+	manifest_free(v->parent);
+	free(v->zero_chunk);
+	pthread_rwlock_destroy(&v->io_lock);
+	pthread_mutex_destroy(&v->map_lock);
+	for (int i = 0; i < CHUNK_LOCKS; i++)
+		pthread_mutex_destroy(&v->chunk_locks[i]);
+	free(v);
+	return r;
+}
+
+uint64_t kiln_volume_size(const struct kiln_volume *v)
+{
+	return v->map->size;
+}
+
+uint32_t kiln_volume_chunk_size(const struct kiln_volume *v)
+{
+	return v->map->chunk_size;
+}
+
+const char *kiln_volume_id(const struct kiln_volume *v)
+{
+	return v->id;
+}
+
+/* ---- I/O ------------------------------------------------------------- */
+
+static int check_range(const struct kiln_volume *v, uint64_t count, uint64_t offset)
+{
+	if (offset > v->map->size || count > v->map->size - offset)
+		return -EINVAL;
+	return 0;
+}
+
+static enum chunk_state get_state(struct kiln_volume *v, uint64_t i)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
+	return vmap_state(v->map, i);
+}
+
+static void set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, bool dirty)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
+	vmap_set(v->map, i, s, dirty);
+}
+
+/* Bytes of chunk i that lie inside the volume. */
+static uint32_t chunk_len(const struct kiln_volume *v, uint64_t i)
+{
+	uint64_t start = i * v->map->chunk_size;
+
+	return (uint32_t)MIN((uint64_t)v->map->chunk_size, v->map->size - start);
+}
+
+int volume_read_locked(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
+{
+	uint32_t cs = v->map->chunk_size;
+	uint64_t first = offset / cs, last;
+	size_t nreq = 0;
+	CLEANUP_FREE struct io_req *reqs = NULL;
+	CLEANUP_FREE uint8_t *tmp = NULL;
+	uint8_t *out = buf;
+	int r;
+
+	if (count == 0)
+		return 0;
+	last = (offset + count - 1) / cs;
+	reqs = malloc((size_t)(last - first + 1) * sizeof *reqs);
+	if (!reqs)
+		return -ENOMEM;
+	for (uint64_t i = first; i <= last; i++) {
+		uint64_t cstart = i * cs;
+		uint64_t s = MAX(offset, cstart), e = MIN(offset + count, cstart + cs);
+		uint8_t *dst = out + (s - offset);
+
+		switch (get_state(v, i)) {
+		case CHUNK_ZERO:
+			memset(dst, 0, e - s);
+			break;
+		case CHUNK_LOCAL:
+			reqs[nreq++] = (struct io_req){ .fd = v->overlay_fd, .op = IO_READ, .buf = dst,
+							.len = (uint32_t)(e - s), .off = s };
+			break;
+		case CHUNK_BASE:
+			if (!tmp && !(tmp = malloc(cs)))
+				return -ENOMEM;
+			r = cs_read(v->region->cs, v->parent->ids[i], tmp, cs);
+			if (r < 0)
+				return r;
+			memcpy(dst, tmp + (s - cstart), e - s);
+			break;
+		}
+	}
+	r = io_run(reqs, nreq);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < nreq; i++)    /* past the overlay's end reads as zero */
+		if ((uint32_t)reqs[i].res < reqs[i].len)
+			memset((uint8_t *)reqs[i].buf + reqs[i].res, 0, reqs[i].len - (uint32_t)reqs[i].res);
+	return 0;
+}
+
+int kiln_volume_read(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
+{
+	int r = check_range(v, count, offset);
+
+	if (r < 0)
+		return r;
+	pthread_rwlock_rdlock(&v->io_lock);
+	r = volume_read_locked(v, buf, count, offset);
+	pthread_rwlock_unlock(&v->io_lock);
+	return r;
+}
+
+/* First write to a BASE chunk: read it whole, lay the new bytes over it
+ * and write it whole into the overlay. Called with the chunk's lock. */
+static int copy_up(struct kiln_volume *v, uint64_t i, const uint8_t *src, uint64_t s, uint64_t e)
+{
+	uint32_t cs = v->map->chunk_size;
+	uint64_t cstart = i * cs;
+	uint32_t len = chunk_len(v, i);
+	CLEANUP_FREE uint8_t *tmp = malloc(cs);
+	int r;
+
+	if (!tmp)
+		return -ENOMEM;
+	if (s > cstart || e < cstart + len) {
+		r = cs_read(v->region->cs, v->parent->ids[i], tmp, cs);
+		if (r < 0)
+			return r;
+	}
+	if (src)
+		memcpy(tmp + (s - cstart), src, e - s);
+	else
+		memset(tmp + (s - cstart), 0, e - s);
+	r = pwrite_all(v->overlay_fd, tmp, len, cstart);
+	if (r < 0)
+		return r;
+	set_state(v, i, CHUNK_LOCAL, true);
+	return 0;
+}
+
+static int punch(struct kiln_volume *v, uint64_t off, uint64_t len)
+{
+	if (fallocate(v->overlay_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+		return 0;
+	if (errno != EOPNOTSUPP)
+		return -errno;
+	/* No hole punching here: write the zeroes. */
+	while (len > 0) {
+		uint64_t n = MIN(len, (uint64_t)v->map->chunk_size);
+		int r = pwrite_all(v->overlay_fd, v->zero_chunk, n, off);
+
+		if (r < 0)
+			return r;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Write (src) or zero (src NULL) [offset, offset+count). */
+int volume_write_locked(struct kiln_volume *v, const void *src, uint64_t count, uint64_t offset)
+{
+	uint32_t cs = v->map->chunk_size;
+	uint64_t first = offset / cs, last;
+	CLEANUP_FREE struct io_req *reqs = NULL;
+	CLEANUP_FREE uint64_t *touched = NULL;
+	size_t nreq = 0;
+	int r;
+
+	if (count == 0)
+		return 0;
+	last = (offset + count - 1) / cs;
+	reqs = malloc((size_t)(last - first + 1) * sizeof *reqs);
+	touched = malloc((size_t)(last - first + 1) * sizeof *touched);
+	if (!reqs || !touched)
+		return -ENOMEM;
+	for (uint64_t i = first; i <= last; i++) {
+		uint64_t cstart = i * cs;
+		uint64_t s = MAX(offset, cstart), e = MIN(offset + count, cstart + cs);
+		const uint8_t *p = src ? (const uint8_t *)src + (s - offset) : NULL;
+		bool whole = s == cstart && e == cstart + chunk_len(v, i);
+		pthread_mutex_t *lock = &v->chunk_locks[i % CHUNK_LOCKS];
+		enum chunk_state st;
+
+		pthread_mutex_lock(lock);
+		st = get_state(v, i);
+		if (!p && (whole || st == CHUNK_ZERO)) {
+			/* Zeroing: the chunk, or a range of a zero chunk. */
+			if (st == CHUNK_LOCAL)
+				r = punch(v, cstart, chunk_len(v, i));
+			else
+				r = 0;
+			if (r == 0 && st != CHUNK_ZERO)
+				set_state(v, i, CHUNK_ZERO, true);
+		} else if (!p && st == CHUNK_LOCAL) {
+			r = punch(v, s, e - s);
+			if (r == 0)
+				set_state(v, i, CHUNK_LOCAL, true);
+		} else if (st == CHUNK_BASE && !whole) {
+			r = copy_up(v, i, p, s, e);
+		} else {
+			/* Data into a LOCAL or ZERO chunk, or over all of a
+			 * BASE one: straight to the overlay, batched. */
+			reqs[nreq] = (struct io_req){ .fd = v->overlay_fd, .op = IO_WRITE,
+						      .buf = (void *)p, .len = (uint32_t)(e - s), .off = s };
+			if (!p)
+				reqs[nreq].buf = v->zero_chunk;
+			touched[nreq++] = i;
+			r = 0;
+		}
+		pthread_mutex_unlock(lock);
+		if (r < 0)
+			return r;
+	}
+	r = io_run(reqs, nreq);
+	if (r < 0)
+		return r;
+	for (size_t k = 0; k < nreq; k++) {
+		if ((uint32_t)reqs[k].res != reqs[k].len)
+			return -EIO;
+		/* A BASE chunk written whole skips copy-up: its old bytes
+		 * are all replaced. */
+		set_state(v, touched[k], CHUNK_LOCAL, true);
+	}
+	return 0;
+}
+
+static int do_write(struct kiln_volume *v, const void *buf, uint64_t count, uint64_t offset)
+{
+	int r = check_range(v, count, offset);
+
+	if (r < 0)
+		return r;
+	if (!v->writable)
+		return -EROFS;
+	pthread_rwlock_rdlock(&v->io_lock);
+	r = volume_write_locked(v, buf, count, offset);
+	pthread_rwlock_unlock(&v->io_lock);
+	return r;
+}
+
+int kiln_volume_write(struct kiln_volume *v, const void *buf, uint64_t count, uint64_t offset)
+{
+	if (!buf)
+		return -EINVAL;
+	return do_write(v, buf, count, offset);
+}
+
+int kiln_volume_trim(struct kiln_volume *v, uint64_t count, uint64_t offset)
+{
+	return do_write(v, NULL, count, offset);
+}
+
+int kiln_volume_write_zeroes(struct kiln_volume *v, uint64_t count, uint64_t offset)
+{
+	return do_write(v, NULL, count, offset);
+}
+
+int volume_flush_locked(struct kiln_volume *v)
+{
+	if (!v->writable)
+		return 0;
+	if (fdatasync(v->overlay_fd) < 0)
+		return -errno;
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
+	return vmap_sync(v->map);
+}
+
+int kiln_volume_flush(struct kiln_volume *v)
+{
+	int r;
+
+	pthread_rwlock_rdlock(&v->io_lock);
+	r = volume_flush_locked(v);
+	pthread_rwlock_unlock(&v->io_lock);
+	return r;
+}
+
+int kiln_volume_map_status(struct kiln_volume *v, uint64_t count, uint64_t offset,
+			   int (*fn)(void *opaque, uint64_t offset, uint64_t length,
+				     enum kiln_extent_type type),
+			   void *opaque)
+{
+	uint32_t cs = v->map->chunk_size;
+	uint64_t pos = offset, end;
+	int r = check_range(v, count, offset);
+
+	if (r < 0)
+		return r;
+	end = offset + count;
+	while (pos < end) {
+		uint64_t i = pos / cs;
+		enum kiln_extent_type type = KILN_EXTENT_DATA, t;
+		uint64_t run_end;
+
+		{
+			ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
+			for (run_end = pos;; ) {
+				enum chunk_state st = vmap_state(v->map, i);
+
+				if (st != CHUNK_ZERO)
+					t = KILN_EXTENT_DATA;
+				else if (v->source_snapshot[0] && v->parent && i < v->parent->nchunks)
+					t = KILN_EXTENT_ZERO;    /* zero in the base snapshot */
+				else
+					t = KILN_EXTENT_HOLE;
+				if (run_end == pos)
+					type = t;
+				else if (t != type)
+					break;
+				run_end = MIN((i + 1) * cs, end);
+				i++;
+				if (run_end >= end)
+					break;
+			}
+		}
+		r = fn(opaque, pos, run_end - pos, type);
+		if (r)
+			return r;
+		pos = run_end;
+	}
+	return 0;
+}
