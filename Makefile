@@ -26,7 +26,7 @@ UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LIBKILN     := $(BUILD)/libkiln.a
 
-.PHONY: all check check-unit check-integration asan demo install clean help deps
+.PHONY: all check check-unit check-unit-asan check-integration asan demo install clean help deps
 
 all: $(BUILD)/kiln ## build the kiln tool and libkiln (default)
 
@@ -48,8 +48,12 @@ $(BUILD)/tests/test-%: tests/unit/test-%.c $(LIBKILN)
 deps: ## install the Debian packages that build, test and demo need (as root)
 	scripts/install-deps
 
-check: deps ## run every test: unit, then integration
-	$(MAKE) check-unit check-integration
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+check: deps ## run every test: unit (plain and with ASan+UBSan), then integration
+	$(MAKE) check-unit
+	$(MAKE) check-unit-asan
+	$(MAKE) check-integration
 
 check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules
 	@tests/run-unit $(UNIT_BINS)
@@ -57,12 +61,14 @@ check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules
 check-integration: $(BUILD)/kiln ## the real kiln binary on real files
 	@KILN=$(abspath $(BUILD)/kiln) tests/run-integration
 
-asan: ## unit and integration tests built with ASan and UBSan (clang)
-	$(MAKE) BUILD=build/asan CC=clang \
-	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  check-unit check-integration
+check-unit-asan: ## the unit tests built with clang, ASan and UBSan
+	$(MAKE) BUILD=build/asan CC=clang SAN="$(SANITIZE)" check-unit
 
-demo: deps all ## the main job: import, snapshot, change, snapshot again, stats
+asan: ## unit and integration tests built with ASan and UBSan (clang)
+	$(MAKE) BUILD=build/asan CC=clang SAN="$(SANITIZE)" check-unit check-integration
+
+demo: deps ## the main job: import, snapshot, change, snapshot again, stats
+	$(MAKE) all
 	@KILN=$(abspath $(BUILD)/kiln) scripts/demo
 
 install: all ## install kiln under $(DESTDIR)$(PREFIX)
@@ -73,6 +79,6 @@ clean: ## remove build output
 	rm -rf build
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
 -include $(ENGINE_OBJS:.o=.d) $(KILN_OBJS:.o=.d)

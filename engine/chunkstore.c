@@ -30,7 +30,7 @@
 
 #define PACK_MAGIC "KILNPACK"
 #define PACK_VERSION 1
-#define RECORD_MAGIC 0x4b43484bu     /* "KCHK" read as little-endian bytes */
+#define RECORD_MAGIC 0x4b48434bu     /* the bytes "KCHK" read as a little-endian u32 */
 #define RECORD_VERSION 1
 #define INDEX_MAGIC "KILNINDX"
 #define INDEX_VERSION 1

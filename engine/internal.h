@@ -177,7 +177,12 @@ void vmap_set(struct vmap *m, uint64_t i, enum chunk_state s, bool dirty);
 /* Create name with every chunk ZERO, or BASE where base has a non-zero id. */
 int vmap_create(int dirfd, const char *name, const char *volume_id, uint64_t size,
 		uint32_t chunk_size, const struct manifest *base);
+/* A writable open takes the volume's owner lock (an OFD write lock on the
+ * map file): -EBUSY while another open file description holds it. */
 int vmap_open(int dirfd, const char *name, bool writable, struct vmap **ret_map);
+int vmap_lock(int fd);
+/* true when some open file description holds the owner lock of fd's map. */
+bool vmap_locked(int fd);
 /* Write what changed and fdatasync. */
 int vmap_sync(struct vmap *m);
 /* Close; when writable, sync and mark the map clean. */

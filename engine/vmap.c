@@ -9,13 +9,13 @@
  * written, so the header carries a CLEAN flag: it is cleared (and made
  * durable) when the map is opened for writing and set again only by a
  * clean close. A map opened without CLEAN set comes from a crash, and
- * then every LOCAL chunk is counted as dirty. The file is flock()ed
- * while open for writing: one owner per volume. */
+ * then every LOCAL chunk is counted as dirty. While open for writing the
+ * file carries an OFD write lock: one owner per volume, and others can
+ * test for it (F_OFD_GETLK) without taking it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -26,6 +26,24 @@
 #define VMAP_HEADER_SIZE 4096
 #define VMAP_PAGE 4096
 #define VMAP_FLAG_CLEAN 0x1
+
+int vmap_lock(int fd)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+
+	if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+		return errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
+	return 0;
+}
+
+bool vmap_locked(int fd)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+
+	if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+		return false;
+	return fl.l_type != F_UNLCK;
+}
 
 void vmap_set(struct vmap *m, uint64_t i, enum chunk_state s, bool dirty)
 {
@@ -182,8 +200,11 @@ int vmap_open(int dirfd, const char *name, bool writable, struct vmap **ret_map)
 
 	if (fd < 0)
 		return -errno;
-	if (writable && flock(fd, LOCK_EX | LOCK_NB) < 0)
-		return errno == EWOULDBLOCK ? -EBUSY : -errno;
+	if (writable) {
+		r = vmap_lock(fd);
+		if (r < 0)
+			return r;
+	}
 	r = pread_all(fd, h, sizeof h, 0);
 	if (r < 0)
 		return r;

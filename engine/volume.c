@@ -26,7 +26,6 @@
 #include <linux/fs.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -173,8 +172,7 @@ static void unlink_volume_files(struct kiln_region *rg, const char *id)
 	fsync_dir(rg->volumes_dirfd);
 }
 
-/* Try to take a volume's owner lock without waiting: true when nobody
- * has it open for writing. */
+/* true when nobody has the volume open for writing. */
 static bool volume_idle(struct kiln_region *rg, const char *id)
 {
 	CLEANUP_FREE char *map = volume_file(id, "map");
@@ -182,7 +180,7 @@ static bool volume_idle(struct kiln_region *rg, const char *id)
 
 	if (fd < 0)
 		return true;
-	return flock(fd, LOCK_EX | LOCK_NB) == 0;
+	return !vmap_locked(fd);
 }
 
 int kiln_volume_delete(struct kiln_region *rg, const char *id)
@@ -201,9 +199,12 @@ int kiln_volume_delete(struct kiln_region *rg, const char *id)
 	if (!map)
 		return -ENOMEM;
 	/* Hold the owner lock while the volume goes, so nobody opens it. */
-	fd = openat(rg->volumes_dirfd, map, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0)
-		return errno == EWOULDBLOCK ? -EBUSY : -errno;
+	fd = openat(rg->volumes_dirfd, map, O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		r = vmap_lock(fd);
+		if (r < 0)
+			return r;
+	}
 	r = region_lock(rg);
 	if (r < 0)
 		return r;
