@@ -16,6 +16,12 @@
 
 #include "internal.h"
 
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#else
+#define VALGRIND_MAKE_MEM_DEFINED(p, n) ((void)(p), (void)(n))
+#endif
+
 #define RING_ENTRIES 64
 
 struct io_ctx {
@@ -143,6 +149,8 @@ static int ctx_start(struct io_ctx *ctx, struct io_req *reqs, size_t n)
 	ctx->next = 0;
 	ctx->inflight = 0;
 	ctx->first_error = 0;
+	if (n == 0)
+		return 0;
 	if (!ctx->uring) {
 		for (size_t i = 0; i < n; i++) {
 			sync_one(&reqs[i]);
@@ -199,6 +207,9 @@ static int ctx_finish(struct io_ctx *ctx)
 				if (!ctx->first_error)
 					ctx->first_error = res;
 			} else {
+				/* memcheck cannot see the kernel fill the buffer */
+				if (q->op == IO_READ && res > 0)
+					VALGRIND_MAKE_MEM_DEFINED((uint8_t *)q->buf + ctx->done[i], res);
 				ctx->done[i] += (uint32_t)res;
 				if (res > 0 && ctx->done[i] < q->len)
 					prep(ctx, i);       /* short transfer: the rest */

@@ -17,6 +17,7 @@
 #define CONFIG_NAME "config"
 #define SECRET_NAME "secret"
 #define STORE_FORMAT 1
+#define KILN_VERSION "0.1.0"
 
 static const char *const initial_regions[] = { "us-east-1", "eu-west-1" };
 
@@ -28,6 +29,11 @@ void chunk_hash(const struct kiln_store *store, const void *buf, size_t len,
 
 	XXH128_canonicalFromHash(&c, h);
 	memcpy(id, c.digest, CHUNK_ID_SIZE);
+}
+
+const char *kiln_version(void)
+{
+	return KILN_VERSION;
 }
 
 bool kiln_account_valid(const char *account)
@@ -86,6 +92,7 @@ int kiln_store_init(const char *dir, const struct kiln_store_options *opts)
 	struct dirent *de;
 	int r, len;
 
+	kiln_debug_init();
 	if (!o.chunk_size)
 		o.chunk_size = KILN_DEFAULT_CHUNK_SIZE;
 	if (!o.zstd_level)
@@ -184,6 +191,7 @@ int kiln_store_open(const char *dir, struct kiln_store **ret_store)
 	size_t len;
 	int r;
 
+	kiln_debug_init();
 	s = calloc(1, sizeof *s);
 	if (!s)
 		return -ENOMEM;

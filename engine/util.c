@@ -15,6 +15,8 @@
 
 bool kiln_debug_enabled;
 
+/* Read at load time and again when a store is opened or made, so a tool
+ * can set KILN_DEBUG after it starts. */
 __attribute__((constructor)) void kiln_debug_init(void)
 {
 	const char *e = getenv("KILN_DEBUG");

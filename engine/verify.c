@@ -147,7 +147,7 @@ static int check_manifest(struct verify_ctx *c, int dirfd, const char *name, con
 		if (chunk_id_is_zero(m->ids[i]))
 			continue;
 		memcpy(key.id, m->ids[i], CHUNK_ID_SIZE);
-		e = bsearch(&key, c->chunks->v, c->chunks->n, sizeof key, cmp_entry);
+		e = c->chunks->n ? bsearch(&key, c->chunks->v, c->chunks->n, sizeof key, cmp_entry) : NULL;
 		if (!e) {
 			p = find_problem(c, m->ids[i]);
 			if (!p)
@@ -235,7 +235,8 @@ int kiln_region_verify(struct kiln_region *rg,
 		if (progress)
 			progress(opaque, done, total);
 	}
-	qsort(chunks.v, chunks.n, sizeof *chunks.v, cmp_entry);
+	if (chunks.n)
+		qsort(chunks.v, chunks.n, sizeof *chunks.v, cmp_entry);
 	r = walk_manifests(&c, rg->manifests_dirfd, ".manifest", false);
 	if (r == 0)
 		r = walk_manifests(&c, rg->volumes_dirfd, ".parent", true);

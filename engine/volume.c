@@ -60,7 +60,7 @@ int volume_create_locked(struct kiln_region *rg, const char *account, uint64_t s
 	uint32_t chunk_size = kiln_store_chunk_size(rg->store);
 	int fd, r;
 
-	if (!kiln_account_valid(account) || size == 0)
+	if (!kiln_account_valid(account))
 		return -EINVAL;
 	if (snapshot_id && *snapshot_id) {
 		struct kiln_snapshot_info snap;
@@ -72,7 +72,7 @@ int volume_create_locked(struct kiln_region *rg, const char *account, uint64_t s
 			return lookup_error(rg, snapshot_id, r);
 		if (snap.state != KILN_SNAPSHOT_COMPLETED)
 			return -EAGAIN;
-		if (size == 0 || size == UINT64_MAX)
+		if (size == 0)
 			size = snap.size;
 		if (size < snap.size)
 			return -EINVAL;
@@ -87,6 +87,8 @@ int volume_create_locked(struct kiln_region *rg, const char *account, uint64_t s
 	} else if (parent) {
 		chunk_size = parent->chunk_size;
 	}
+	if (size == 0)
+		return -EINVAL;
 
 	r = random_id("vol", info.id);
 	if (r < 0)

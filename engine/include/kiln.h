@@ -44,9 +44,12 @@ typedef void (*kiln_progress_fn)(void *opaque, uint64_t done, uint64_t total);
 
 /* ---- store ---------------------------------------------------------- */
 
+/* The library's version, e.g. "0.1.0". */
+const char *kiln_version(void);
+
 struct kiln_store_options {
 	uint32_t chunk_size;      /* 0: KILN_DEFAULT_CHUNK_SIZE */
-	int zstd_level;           /* 0: the default (see docs/DECISIONS.md) */
+	int zstd_level;           /* -7 to 19; 0: the default (docs/DECISIONS.md) */
 	const char *account;      /* NULL: KILN_DEFAULT_ACCOUNT */
 };
 
@@ -254,8 +257,10 @@ struct kiln_region_stats {
 
 int kiln_region_stats(struct kiln_region *region, struct kiln_region_stats *ret_stats);
 
-/* One corrupt chunk found by verify; snapshots lists the completed
- * snapshots whose manifests use it (NUL-separated, double NUL at end). */
+/* One problem found by verify: a corrupt or missing chunk (chunk_id in
+ * hex), or an unreadable manifest (chunk_id ""). snapshots lists who uses
+ * it: snapshot ids, and "vol-… (parent)" for a volume whose parent
+ * manifest names it (NUL-separated, double NUL at the end). */
 struct kiln_verify_problem {
 	char chunk_id[33];              /* 32 hex digits */
 	const char *what;               /* e.g. "id mismatch", "missing" */
@@ -266,8 +271,8 @@ struct kiln_verify_result {
 	uint64_t chunks_checked;
 	uint64_t bytes_checked;
 	uint64_t corrupt_chunks;
-	uint64_t manifests_checked;
-	uint64_t bad_manifests;         /* unreadable manifest or missing chunk */
+	uint64_t manifests_checked;     /* snapshots' and volumes' parent manifests */
+	uint64_t bad_manifests;         /* unreadable, or naming a bad chunk */
 };
 
 int kiln_region_verify(struct kiln_region *region,

@@ -1,0 +1,606 @@
+/* SPDX-License-Identifier: MIT */
+/* main.c: the kiln tool's command table, option parsing and dispatch.
+ *
+ * Command lines are "kiln NOUN VERB [ARGS]" (or "kiln init"), like the AWS
+ * CLI. Global options may come before, between or after the command words;
+ * a command's own options may come anywhere after its words. Options are
+ * "--name value" or "--name=value"; "--" ends them. Help at every level is
+ * made from the one table below.
+ */
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kiln-tool.h"
+
+static const struct cli_option no_options[] = {
+	{ NULL, NULL, NULL },
+};
+
+static const struct cli_option init_options[] = {
+	{ "chunk-size", "SIZE",
+	  "a power of two from 4K to 4M (default 64K);\n"
+	  "a bare number is bytes" },
+	{ "zstd-level", "N", "zstd level, -7 (fastest) to 19 (default: 1)" },
+	{ NULL, NULL, NULL },
+};
+
+static const struct cli_option volume_create_options[] = {
+	{ "size", "SIZE", "K, M, G or T suffix; a bare number is GiB" },
+	{ "snapshot-id", "SNAPSHOT-ID", "make a copy-on-write volume of this snapshot" },
+	{ NULL, NULL, NULL },
+};
+
+static const struct cli_option volume_import_options[] = {
+	{ "volume-id", "VOLUME-ID", "write into this existing volume, not a new one" },
+	{ NULL, NULL, NULL },
+};
+
+static const struct cli_option snapshot_create_options[] = {
+	{ "description", "TEXT", "a description (at most 255 bytes)" },
+	{ NULL, NULL, NULL },
+};
+
+/* Every command: its help at every level comes from here. */
+static const struct cli_command commands[] = {
+	{ "init", NULL, cmd_init, 0,
+	  "", "create a store (regions us-east-1 and eu-west-1)",
+	  "Creates the store directory (--store, $KILN_STORE or ./.kiln), which\n"
+	  "must be missing or empty. --account (or $KILN_ACCOUNT) sets the\n"
+	  "store's default account.",
+	  init_options, 0, 0 },
+	{ "region", "list", cmd_region_list, CMD_STORE,
+	  "", "list the regions of the store", NULL, no_options, 0, 0 },
+	{ "volume", "create", cmd_volume_create, CMD_STORE | CMD_REGION,
+	  "", "create a blank volume or one from a snapshot",
+	  "Give --size for a blank volume, or --snapshot-id (and optionally a\n"
+	  "larger --size) for a volume with the snapshot's contents. Prints the\n"
+	  "new volume's id.",
+	  volume_create_options, 0, 0 },
+	{ "volume", "import", cmd_volume_import, CMD_STORE | CMD_REGION,
+	  "FILE", "import a raw image or block device into a volume",
+	  "Without --volume-id, creates a volume of the file's size. With it,\n"
+	  "writes the file into that volume (at least the file's size); only\n"
+	  "chunks whose contents differ change. Prints the volume's id.",
+	  volume_import_options, 1, 1 },
+	{ "volume", "export", cmd_volume_export, CMD_STORE | CMD_REGION,
+	  "VOLUME-ID FILE", "write a volume to a sparse raw image file",
+	  NULL, no_options, 2, 2 },
+	{ "volume", "describe", cmd_volume_describe, CMD_STORE | CMD_REGION,
+	  "[VOLUME-ID]", "describe one volume, or all in the region",
+	  NULL, no_options, 0, 1 },
+	{ "volume", "delete", cmd_volume_delete, CMD_STORE | CMD_REGION,
+	  "VOLUME-ID", "delete a volume", NULL, no_options, 1, 1 },
+	{ "snapshot", "create", cmd_snapshot_create, CMD_STORE | CMD_REGION,
+	  "VOLUME-ID", "take an incremental snapshot of a volume",
+	  "Reads and hashes only the chunks changed since the volume's last\n"
+	  "snapshot. Prints the new snapshot's id.",
+	  snapshot_create_options, 1, 1 },
+	{ "snapshot", "describe", cmd_snapshot_describe, CMD_STORE | CMD_REGION,
+	  "[SNAPSHOT-ID]", "describe one snapshot, or all in the region",
+	  NULL, no_options, 0, 1 },
+	{ "snapshot", "delete", cmd_snapshot_delete, CMD_STORE | CMD_REGION,
+	  "SNAPSHOT-ID", "delete a snapshot", NULL, no_options, 1, 1 },
+	{ "snapshot", "export", cmd_snapshot_export, CMD_STORE | CMD_REGION,
+	  "SNAPSHOT-ID FILE", "write a snapshot to a sparse raw image file",
+	  NULL, no_options, 2, 2 },
+	{ "snapshot", "diff", cmd_snapshot_diff, CMD_STORE | CMD_REGION,
+	  "SNAPSHOT-A SNAPSHOT-B", "list the byte ranges that differ between two snapshots",
+	  "Prints one \"OFFSET LENGTH\" line (in bytes) per run of changed chunks,\n"
+	  "like EBS ListChangedBlocks.",
+	  no_options, 2, 2 },
+	{ "store", "stats", cmd_store_stats, CMD_STORE,
+	  "", "sizes, dedup and compression ratios per region",
+	  "Covers every region, or only the one given with --region.",
+	  no_options, 0, 0 },
+	{ "store", "verify", cmd_store_verify, CMD_STORE,
+	  "", "check every chunk; exit 1 if any is corrupt",
+	  "Covers every region, or only the one given with --region. Names each\n"
+	  "corrupt chunk and the snapshots that use it.",
+	  no_options, 0, 0 },
+	{ "store", "gc", cmd_store_gc, CMD_STORE,
+	  "", "remove the chunks that nothing references",
+	  "Covers every region, or only the one given with --region.",
+	  no_options, 0, 0 },
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+enum global_opt {
+	G_STORE,
+	G_REGION,
+	G_ACCOUNT,
+	G_OUTPUT,
+	G_DEBUG,
+	_G_MAX,
+};
+
+static const struct cli_option global_options[] = {
+	[G_STORE] = { "store", "DIR", "the store (default: $KILN_STORE, else ./.kiln)" },
+	[G_REGION] = { "region", "REGION",
+		       "the region (default: $KILN_REGION, else us-east-1)" },
+	[G_ACCOUNT] = { "account", "ACCOUNT",
+			"the 12-digit acting account (default: $KILN_ACCOUNT,\n"
+			"else the store's default account)" },
+	[G_OUTPUT] = { "output", "text|json", "output format (default: text)" },
+	[G_DEBUG] = { "debug", NULL, "engine debug messages on stderr (KILN_DEBUG=1)" },
+	[_G_MAX] = { NULL, NULL, NULL },
+};
+
+/* ---- help ----------------------------------------------------------- */
+
+#define HELP_COLUMN 24             /* where the help texts start */
+
+static bool noun_has_verbs(const char *noun)
+{
+	size_t i;
+
+	for (i = 0; i < NCOMMANDS; i++) {
+		if (strcmp(commands[i].noun, noun) == 0)
+			return commands[i].verb != NULL;
+	}
+	return false;
+}
+
+static void print_option(FILE *f, const struct cli_option *o)
+{
+	char left[64];
+	const char *h, *nl;
+	int n;
+
+	n = snprintf(left, sizeof(left), "--%s%s%s", o->name, o->metavar ? " " : "",
+		     o->metavar ? o->metavar : "");
+	if (n > HELP_COLUMN - 4)
+		fprintf(f, "  %s\n%*s", left, HELP_COLUMN, "");
+	else
+		fprintf(f, "  %-*s", HELP_COLUMN - 2, left);
+	/* continuation lines of the help line up under its first line */
+	for (h = o->help; (nl = strchr(h, '\n')); h = nl + 1)
+		fprintf(f, "%.*s\n%*s", (int)(nl - h), h, HELP_COLUMN, "");
+	fprintf(f, "%s\n", h);
+}
+
+static void print_global_options(FILE *f)
+{
+	const struct cli_option *o;
+
+	fputs("Global options (before or after the command words):\n", f);
+	for (o = global_options; o->name; o++)
+		print_option(f, o);
+	fprintf(f, "  %-*s%s\n", HELP_COLUMN - 2, "-h, --help", "show help, at every level");
+	fprintf(f, "  %-*s%s\n", HELP_COLUMN - 2, "--version", "print the version");
+}
+
+static void print_usage_line(FILE *f, const struct cli_command *c)
+{
+	const struct cli_option *o;
+
+	fprintf(f, "Usage: kiln %s%s%s", c->noun, c->verb ? " " : "", c->verb ? c->verb : "");
+	if (*c->synopsis)
+		fprintf(f, " %s", c->synopsis);
+	for (o = c->options; o->name; o++)
+		fprintf(f, " [--%s%s%s]", o->name, o->metavar ? " " : "",
+			o->metavar ? o->metavar : "");
+	fputc('\n', f);
+}
+
+static void help_top(void)
+{
+	size_t i;
+	char words[40];
+
+	printf("Usage: kiln [OPTIONS] COMMAND [ARGS]\n\n"
+	       "kiln manages a local store of copy-on-write volumes and incremental,\n"
+	       "deduplicated snapshots.\n\n"
+	       "Commands:\n");
+	for (i = 0; i < NCOMMANDS; i++) {
+		snprintf(words, sizeof(words), "%s%s%s", commands[i].noun,
+			 commands[i].verb ? " " : "", commands[i].verb ? commands[i].verb : "");
+		printf("  %-*s%s\n", HELP_COLUMN - 2, words, commands[i].summary);
+	}
+	putchar('\n');
+	print_global_options(stdout);
+	printf("\nRun 'kiln COMMAND --help' for a command's arguments. See kiln(1).\n");
+}
+
+static void help_noun(const char *noun)
+{
+	size_t i;
+
+	printf("Usage: kiln %s COMMAND [ARGS]\n\nCommands:\n", noun);
+	for (i = 0; i < NCOMMANDS; i++) {
+		if (strcmp(commands[i].noun, noun) == 0)
+			printf("  %-*s%s\n", HELP_COLUMN - 2, commands[i].verb,
+			       commands[i].summary);
+	}
+	printf("\nRun 'kiln %s COMMAND --help' for a command's arguments;\n"
+	       "'kiln --help' for the global options.\n", noun);
+}
+
+static void help_command(const struct cli_command *c)
+{
+	const struct cli_option *o;
+
+	print_usage_line(stdout, c);
+	printf("\n%c%s.\n", toupper((unsigned char)c->summary[0]), c->summary + 1);
+	if (c->description)
+		printf("\n%s\n", c->description);
+	if (c->options[0].name) {
+		printf("\nOptions:\n");
+		for (o = c->options; o->name; o++)
+			print_option(stdout, o);
+	}
+	putchar('\n');
+	print_global_options(stdout);
+}
+
+/* ---- parsing -------------------------------------------------------- */
+
+struct parsed {
+	const char *noun;              /* a known noun, or NULL */
+	const struct cli_command *cmd;
+	const char *globals[_G_MAX];
+	struct cli_args args;
+	bool help, version;
+	char error[256];               /* the first error, not yet printed */
+};
+
+static void parse_error(struct parsed *p, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* Recorded, not printed: a --help after the error still wins. */
+static void parse_error(struct parsed *p, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(p->error, sizeof(p->error), fmt, ap);
+	va_end(ap);
+}
+
+static const struct cli_option *find_option(const struct cli_option *opts,
+					    const char *name, size_t len)
+{
+	const struct cli_option *o;
+
+	for (o = opts; o->name; o++) {
+		if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
+			return o;
+	}
+	return NULL;
+}
+
+const char *arg_opt(const struct cli_args *args, const char *name)
+{
+	const struct cli_option *o = find_option(args->cmd->options, name, strlen(name));
+
+	assert(o);
+	return args->values[o - args->cmd->options];
+}
+
+/* "volume create: " or "" for messages about a command's arguments */
+static void cmd_prefix(const struct cli_command *c, char *buf, size_t size)
+{
+	if (c)
+		snprintf(buf, size, "%s%s%s: ", c->noun, c->verb ? " " : "",
+			 c->verb ? c->verb : "");
+	else
+		buf[0] = '\0';
+}
+
+static void verb_list(const char *noun, char *buf, size_t size)
+{
+	size_t i, n = 0;
+
+	buf[0] = '\0';
+	for (i = 0; i < NCOMMANDS && n < size; i++) {
+		if (strcmp(commands[i].noun, noun) == 0)
+			n += (size_t)snprintf(buf + n, size - n, "%s%s", n ? ", " : "",
+					      commands[i].verb);
+	}
+}
+
+/* A command word: a noun, then (for nouns with verbs) a verb. */
+static int parse_word(struct parsed *p, const char *word)
+{
+	char verbs[128];
+	size_t i;
+
+	for (i = 0; i < NCOMMANDS; i++) {
+		const struct cli_command *c = &commands[i];
+
+		if (!p->noun && strcmp(c->noun, word) == 0) {
+			p->noun = c->noun;
+			if (!c->verb)
+				p->cmd = c;
+			return 0;
+		}
+		if (p->noun && c->verb && strcmp(c->noun, p->noun) == 0 &&
+		    strcmp(c->verb, word) == 0) {
+			p->cmd = c;
+			return 0;
+		}
+	}
+	if (!p->noun) {
+		parse_error(p, "unknown command '%s' (see 'kiln --help')", word);
+	} else {
+		verb_list(p->noun, verbs, sizeof(verbs));
+		parse_error(p, "unknown %s command '%s' (one of: %s)", p->noun, word, verbs);
+	}
+	return -EINVAL;
+}
+
+/* One "--name[=value]" at argv[*i]; may consume the next argument. */
+static int parse_option(struct parsed *p, int argc, char **argv, int *i)
+{
+	const char *arg = argv[*i] + 2, *eq = strchr(arg, '='), *value = NULL;
+	size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+	const struct cli_option *o;
+	const char **slot;
+	char pre[64];
+
+	cmd_prefix(p->cmd, pre, sizeof(pre));
+	o = find_option(global_options, arg, len);
+	if (o) {
+		slot = &p->globals[o - global_options];
+	} else if (p->cmd && (o = find_option(p->cmd->options, arg, len))) {
+		assert(o - p->cmd->options < CLI_MAX_OPTIONS);
+		slot = &p->args.values[o - p->cmd->options];
+	} else {
+		parse_error(p, "%sunknown option '--%.*s'", pre, (int)len, arg);
+		return -EINVAL;
+	}
+
+	if (!o->metavar) {
+		if (eq) {
+			parse_error(p, "%soption --%s takes no value", pre, o->name);
+			return -EINVAL;
+		}
+		*slot = "";
+		return 0;
+	}
+	if (eq) {
+		value = eq + 1;
+	} else if (*i + 1 < argc && !(argv[*i + 1][0] == '-' && argv[*i + 1][1] == '-' &&
+				      argv[*i + 1][2] != '\0')) {
+		value = argv[++*i];
+	} else {
+		parse_error(p, "%soption --%s needs a value (%s)", pre, o->name, o->metavar);
+		return -EINVAL;
+	}
+	*slot = value;
+	return 0;
+}
+
+static int parse_args(struct parsed *p, int argc, char **argv)
+{
+	bool options_done = false;
+	const char *a;
+	char pre[64];
+	int i;
+
+	p->args.argv = xmalloc((size_t)argc * sizeof(char *));
+	for (i = 1; i < argc; i++) {
+		a = argv[i];
+		if (!options_done && a[0] == '-' && a[1] != '\0') {
+			if (strcmp(a, "--") == 0) {
+				options_done = true;
+			} else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+				p->help = true;
+			} else if (strcmp(a, "--version") == 0) {
+				p->version = true;
+			} else if (a[1] == '-') {
+				if (parse_option(p, argc, argv, &i) < 0)
+					goto fail;
+			} else {
+				cmd_prefix(p->cmd, pre, sizeof(pre));
+				parse_error(p, "%sunknown option '%s'", pre, a);
+				goto fail;
+			}
+		} else if (!p->cmd) {
+			if (parse_word(p, a) < 0)
+				goto fail;
+		} else {
+			p->args.argv[p->args.argc++] = argv[i];
+		}
+	}
+	return 0;
+
+fail:
+	/* an error hides nothing that asks for help after it */
+	for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+			p->help = true;
+	}
+	return -EINVAL;
+}
+
+/* The "missing" word of a synopsis such as "VOLUME-ID FILE": the n-th. */
+static void missing_arg(const struct cli_command *c, int n, char *buf, size_t size)
+{
+	const char *s = c->synopsis, *end;
+
+	for (; n > 0 && (s = strchr(s, ' ')); n--)
+		s++;
+	if (!s) {
+		snprintf(buf, size, "an argument");
+		return;
+	}
+	end = strchr(s, ' ');
+	snprintf(buf, size, "%.*s", end ? (int)(end - s) : (int)strlen(s), s);
+}
+
+static int check_args(const struct parsed *p)
+{
+	const struct cli_command *c = p->cmd;
+	char verbs[128], name[64], pre[64];
+
+	if (!p->noun) {
+		errmsg("missing command (see 'kiln --help')");
+		return -EINVAL;
+	}
+	if (!c) {
+		verb_list(p->noun, verbs, sizeof(verbs));
+		errmsg("missing %s command (one of: %s)", p->noun, verbs);
+		return -EINVAL;
+	}
+	if (p->args.argc < c->min_args) {
+		missing_arg(c, p->args.argc, name, sizeof(name));
+		cmd_prefix(c, pre, sizeof(pre));
+		errmsg("%smissing %s", pre, name);
+		return -EINVAL;
+	}
+	if (p->args.argc > c->max_args) {
+		cmd_prefix(c, pre, sizeof(pre));
+		errmsg("%sunexpected argument '%s'", pre, p->args.argv[c->max_args]);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Region names like "us-east-1": lowercase letters, digits and dashes. */
+static bool region_name_valid(const char *s)
+{
+	size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-");
+
+	return n > 0 && s[n] == '\0' && n < KILN_REGION_MAX && s[0] != '-';
+}
+
+static const char *from_env(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? v : NULL;
+}
+
+/* The global options, with their environment variables and defaults. */
+static int resolve_globals(const struct parsed *p, struct cli_ctx *ctx)
+{
+	const char *account;
+
+	if (p->globals[G_DEBUG] && setenv("KILN_DEBUG", "1", 1) < 0) {
+		errmsg_errno(-errno, "setenv KILN_DEBUG");
+		return -EINVAL;
+	}
+
+	ctx->output = OUTPUT_TEXT;
+	if (p->globals[G_OUTPUT] && parse_output(p->globals[G_OUTPUT], &ctx->output) < 0) {
+		errmsg("invalid --output '%s': expected text or json", p->globals[G_OUTPUT]);
+		return -EINVAL;
+	}
+
+	ctx->store_dir = p->globals[G_STORE];
+	if (ctx->store_dir && !*ctx->store_dir) {
+		errmsg("--store needs a directory, not an empty string");
+		return -EINVAL;
+	}
+	if (!ctx->store_dir)
+		ctx->store_dir = from_env("KILN_STORE");
+	if (!ctx->store_dir)
+		ctx->store_dir = KILN_DEFAULT_STORE;
+
+	ctx->region_explicit = p->globals[G_REGION] != NULL;
+	ctx->region_name = p->globals[G_REGION];
+	if (!ctx->region_name)
+		ctx->region_name = from_env("KILN_REGION");
+	if (!ctx->region_name)
+		ctx->region_name = KILN_DEFAULT_REGION;
+	if (!region_name_valid(ctx->region_name)) {
+		errmsg("invalid region '%s'%s: expected a name like us-east-1",
+		       ctx->region_name, p->globals[G_REGION] ? "" : " in KILN_REGION");
+		return -EINVAL;
+	}
+
+	account = p->globals[G_ACCOUNT];
+	if (account && !account_valid(account)) {
+		errmsg("invalid account '%s': expected exactly 12 digits", account);
+		return -EINVAL;
+	}
+	if (!account) {
+		account = from_env("KILN_ACCOUNT");
+		if (account && !account_valid(account)) {
+			errmsg("invalid account '%s' in KILN_ACCOUNT: expected exactly 12 digits",
+			       account);
+			return -EINVAL;
+		}
+	}
+	ctx->account = account;
+	ctx->account_explicit = account != NULL;
+	return 0;
+}
+
+/* ---- dispatch ------------------------------------------------------- */
+
+static int run(const struct cli_command *c, struct cli_ctx *ctx,
+	       const struct cli_args *args)
+{
+	int r, status;
+
+	if (!(c->flags & CMD_STORE))
+		return c->run(ctx, args);
+
+	r = kiln_store_open(ctx->store_dir, &ctx->store);
+	if (r < 0) {
+		err_store_open(ctx->store_dir, r);
+		return EXIT_FAILURE;
+	}
+	if (!ctx->account)
+		ctx->account = kiln_store_default_account(ctx->store);
+	if (c->flags & CMD_REGION) {
+		r = kiln_region_open(ctx->store, ctx->region_name, &ctx->region);
+		if (r < 0) {
+			err_region_open(ctx->store_dir, ctx->region_name, r);
+			kiln_store_close(ctx->store);
+			return EXIT_FAILURE;
+		}
+	}
+	status = c->run(ctx, args);
+	kiln_region_close(ctx->region);
+	kiln_store_close(ctx->store);
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct parsed p = { 0 };
+	struct cli_ctx ctx = { 0 };
+	int status, r;
+
+	r = parse_args(&p, argc, argv);
+	if (p.help) {
+		if (p.cmd)
+			help_command(p.cmd);
+		else if (p.noun && noun_has_verbs(p.noun))
+			help_noun(p.noun);
+		else
+			help_top();
+		status = EXIT_SUCCESS;
+		goto out;
+	}
+	if (r < 0) {
+		errmsg("%s", p.error);
+		status = EXIT_FAILURE;
+		goto out;
+	}
+	if (p.version) {
+		printf("kiln %s\n", kiln_version());
+		status = EXIT_SUCCESS;
+		goto out;
+	}
+	if (check_args(&p) < 0 || resolve_globals(&p, &ctx) < 0) {
+		status = EXIT_FAILURE;
+		goto out;
+	}
+	p.args.cmd = p.cmd;
+	status = run(p.cmd, &ctx, &p.args);
+out:
+	free(p.args.argv);
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		errmsg_errno(-errno, "write error on standard output");
+		status = EXIT_FAILURE;
+	}
+	return status;
+}
