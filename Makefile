@@ -22,13 +22,15 @@ ENGINE_SRCS := $(sort $(wildcard engine/*.c))
 ENGINE_OBJS := $(ENGINE_SRCS:%.c=$(BUILD)/%.o)
 KILN_SRCS   := $(sort $(wildcard tools/kiln/*.c))
 KILN_OBJS   := $(KILN_SRCS:%.c=$(BUILD)/%.o)
+NBD_SRCS    := $(sort $(wildcard nbd-server/*.c))
+NBD_OBJS    := $(NBD_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LIBKILN     := $(BUILD)/libkiln.a
 
 .PHONY: all check check-unit check-unit-asan check-integration asan demo install clean help deps
 
-all: $(BUILD)/kiln ## build the kiln tool and libkiln (default)
+all: $(BUILD)/kiln $(BUILD)/kiln-nbd ## build kiln, kiln-nbd and libkiln (default)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -39,6 +41,9 @@ $(LIBKILN): $(ENGINE_OBJS)
 	$(AR) rcs $@ $^
 
 $(BUILD)/kiln: $(KILN_OBJS) $(LIBKILN)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/kiln-nbd: $(NBD_OBJS) $(LIBKILN)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/test-%: tests/unit/test-%.c $(LIBKILN)
@@ -58,8 +63,8 @@ check: deps ## run every test: unit (plain and with ASan+UBSan), then integratio
 check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules
 	@tests/run-unit $(UNIT_BINS)
 
-check-integration: $(BUILD)/kiln ## the real kiln binary on real files
-	@KILN=$(abspath $(BUILD)/kiln) tests/run-integration
+check-integration: $(BUILD)/kiln $(BUILD)/kiln-nbd ## the real binaries on real files, with real NBD clients
+	@KILN=$(abspath $(BUILD)/kiln) KILN_NBD=$(abspath $(BUILD)/kiln-nbd) tests/run-integration
 
 check-unit-asan: ## the unit tests built with clang, ASan and UBSan
 	$(MAKE) BUILD=build/asan CC=clang SAN="$(SANITIZE)" check-unit
@@ -73,6 +78,7 @@ demo: deps ## the main job: import, snapshot, change, snapshot again, stats
 
 install: all ## install kiln under $(DESTDIR)$(PREFIX)
 	install -D -m 0755 $(BUILD)/kiln $(DESTDIR)$(BINDIR)/kiln
+	install -D -m 0755 $(BUILD)/kiln-nbd $(DESTDIR)$(BINDIR)/kiln-nbd
 	install -D -m 0644 docs/kiln.1 $(DESTDIR)$(MANDIR)/man1/kiln.1
 
 clean: ## remove build output
@@ -81,4 +87,4 @@ clean: ## remove build output
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
--include $(ENGINE_OBJS:.o=.d) $(KILN_OBJS:.o=.d)
+-include $(ENGINE_OBJS:.o=.d) $(KILN_OBJS:.o=.d) $(NBD_OBJS:.o=.d)

@@ -139,6 +139,8 @@ void manifest_free(struct manifest *m);
 int manifest_write(int dirfd, const char *name, const struct manifest *m);
 int manifest_read(int dirfd, const char *name, struct manifest **ret_m);
 char *manifest_name(const char *snapshot_id);   /* "snap-….manifest", malloc'd */
+/* The manifest of a completed snapshot of the region. */
+int snapshot_manifest(struct kiln_region *region, const char *snapshot_id, struct manifest **ret_m);
 
 /* ---- vmap.c: the volume map (chunk states + dirty bits) ------------- */
 
@@ -181,6 +183,8 @@ int vmap_create(int dirfd, const char *name, const char *volume_id, uint64_t siz
  * map file): -EBUSY while another open file description holds it. */
 int vmap_open(int dirfd, const char *name, bool writable, struct vmap **ret_map);
 int vmap_lock(int fd);
+/* A read-only map in memory, not backed by a file: a snapshot's view. */
+struct vmap *vmap_from_manifest(const struct manifest *base);
 /* true when some open file description holds the owner lock of fd's map. */
 bool vmap_locked(int fd);
 /* Write what changed and fdatasync. */
@@ -295,6 +299,11 @@ int volume_flush_locked(struct kiln_volume *v);
  * is free). Called with the region lock held. */
 void volume_reap_creating(struct kiln_region *region);
 char *volume_file(const char *volume_id, const char *suffix);   /* "vol-….map" */
+
+/* ---- control.c ----------------------------------------------------- */
+
+int control_snapshot(struct kiln_region *region, const char *volume_id, const char *account,
+		     const char *description, char ret_id[KILN_ID_MAX]);
 
 /* ---- capture.c: hash, compress and store batches of chunks --------- */
 

@@ -267,6 +267,8 @@ int kiln_snapshot_create(struct kiln_region *rg, const char *account, const char
 	if (!kiln_account_valid(account))
 		return -EINVAL;
 	r = kiln_volume_open(rg, volume_id, KILN_OPEN_WRITE, &v);
+	if (r == -EBUSY)
+		return control_snapshot(rg, volume_id, account, description, ret_id);
 	if (r < 0)
 		return r;
 	r = kiln_volume_snapshot(v, account, description, progress, opaque, ret_id);
@@ -317,8 +319,7 @@ int kiln_snapshot_delete(struct kiln_region *rg, const char *id)
 	return r;
 }
 
-/* A completed snapshot's manifest. */
-static int open_manifest(struct kiln_region *rg, const char *id, struct manifest **ret_m)
+int snapshot_manifest(struct kiln_region *rg, const char *id, struct manifest **ret_m)
 {
 	struct kiln_snapshot_info info;
 	CLEANUP_FREE char *mname = NULL;
@@ -351,7 +352,7 @@ int kiln_snapshot_export(struct kiln_region *rg, const char *id, const char *pat
 			 kiln_progress_fn progress, void *opaque)
 {
 	struct manifest *m;
-	int r = open_manifest(rg, id, &m);
+	int r = snapshot_manifest(rg, id, &m);
 
 	if (r < 0)
 		return r;
@@ -366,7 +367,7 @@ int kiln_snapshot_read(struct kiln_region *rg, const char *id, void *buf, uint64
 	struct manifest *m;
 	CLEANUP_FREE uint8_t *tmp = NULL;
 	uint8_t *out = buf;
-	int r = open_manifest(rg, id, &m);
+	int r = snapshot_manifest(rg, id, &m);
 
 	if (r < 0)
 		return r;
@@ -408,9 +409,9 @@ int kiln_snapshot_diff(struct kiln_region *rg, const char *a, const char *b,
 	bool in_run = false;
 	int r;
 
-	r = open_manifest(rg, a, &ma);
+	r = snapshot_manifest(rg, a, &ma);
 	if (r == 0)
-		r = open_manifest(rg, b, &mb);
+		r = snapshot_manifest(rg, b, &mb);
 	if (r < 0)
 		goto out;
 	if (ma->chunk_size != mb->chunk_size) {

@@ -139,6 +139,22 @@ static void vmap_free(struct vmap *m)
 	free(m);
 }
 
+struct vmap *vmap_from_manifest(const struct manifest *base)
+{
+	struct vmap *m = vmap_alloc(base->nchunks);
+
+	if (!m)
+		return NULL;
+	m->size = base->size;
+	m->chunk_size = base->chunk_size;
+	m->nchunks = base->nchunks;
+	snprintf(m->parent_id, sizeof m->parent_id, "%s", base->snapshot_id);
+	for (uint64_t i = 0; i < base->nchunks; i++)
+		if (!chunk_id_is_zero(base->ids[i]))
+			m->entries[i] = CHUNK_BASE;
+	return m;
+}
+
 static int write_header(struct vmap *m, bool clean)
 {
 	uint8_t h[VMAP_HEADER_SIZE];

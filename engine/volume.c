@@ -354,6 +354,36 @@ out_close:
 	return r;
 }
 
+int kiln_snapshot_open(struct kiln_region *rg, const char *snapshot_id, struct kiln_volume **ret_volume)
+{
+	struct kiln_volume *v = calloc(1, sizeof *v);
+	int r;
+
+	if (!v)
+		return -ENOMEM;
+	v->region = rg;
+	v->overlay_fd = -1;
+	snprintf(v->id, sizeof v->id, "%s", snapshot_id);
+	pthread_rwlock_init(&v->io_lock, NULL);
+	pthread_mutex_init(&v->map_lock, NULL);
+	for (int i = 0; i < CHUNK_LOCKS; i++)
+		pthread_mutex_init(&v->chunk_locks[i], NULL);
+	r = snapshot_manifest(rg, snapshot_id, &v->parent);
+	if (r < 0)
+		goto out_close;
+	v->map = vmap_from_manifest(v->parent);
+	v->zero_chunk = calloc(1, v->parent->chunk_size);
+	if (!v->map || !v->zero_chunk) {
+		r = -ENOMEM;
+		goto out_close;
+	}
+	*ret_volume = v;
+	return 0;
+out_close:
+	kiln_volume_close(v);
+	return r;
+}
+
 int kiln_volume_close(struct kiln_volume *v)
 {
 	int r = 0;

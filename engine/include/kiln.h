@@ -208,6 +208,14 @@ struct kiln_snapshot_info {
 
 const char *kiln_snapshot_state_name(enum kiln_snapshot_state s);
 
+/* The control socket of a volume this process owns (opened with
+ * KILN_OPEN_WRITE): listen returns a listening socket fd; serve answers
+ * one request from a connection accepted on it (and leaves it open);
+ * close stops listening and removes the socket. */
+int kiln_volume_control_listen(struct kiln_volume *volume, int *ret_fd);
+int kiln_volume_control_serve(struct kiln_volume *volume, int client_fd);
+void kiln_volume_control_close(struct kiln_volume *volume, int fd);
+
 /* Snapshot an open (KILN_OPEN_WRITE) volume at this point: every write that
  * completed before the call is in it, none that starts after it returns.
  * Only chunks dirty since the volume's last snapshot are read and hashed. */
@@ -216,7 +224,10 @@ int kiln_volume_snapshot(struct kiln_volume *volume, const char *account,
 			 kiln_progress_fn progress, void *opaque,
 			 char ret_id[KILN_ID_MAX]);
 
-/* Convenience: open the volume for writing, snapshot, close. */
+/* Convenience: open the volume for writing, snapshot, close. When another
+ * process owns the volume and listens on its control socket (kiln-nbd
+ * does), the snapshot is taken by that process, at a consistent point of
+ * its I/O. */
 int kiln_snapshot_create(struct kiln_region *region, const char *account,
 			 const char *volume_id, const char *description,
 			 kiln_progress_fn progress, void *opaque,
@@ -230,6 +241,12 @@ int kiln_snapshot_list(struct kiln_region *region,
 int kiln_snapshot_delete(struct kiln_region *region, const char *snapshot_id);
 int kiln_snapshot_export(struct kiln_region *region, const char *snapshot_id,
 			 const char *path, kiln_progress_fn progress, void *opaque);
+
+/* Open a completed snapshot as a read-only volume handle: read and
+ * map_status work on it as on a volume; writes are -EROFS. Close it with
+ * kiln_volume_close(). */
+int kiln_snapshot_open(struct kiln_region *region, const char *snapshot_id,
+		       struct kiln_volume **ret_volume);
 
 /* Read from a completed snapshot (e.g. to probe it without exporting). */
 int kiln_snapshot_read(struct kiln_region *region, const char *snapshot_id,

@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: MIT */
+/* control.c: the control socket of a volume that a daemon has open.
+ *
+ * The process that owns a volume (holds its map lock) may listen on
+ * volumes/vol-X.ctl, a Unix stream socket. Another process that finds the
+ * volume busy connects there and asks the owner to act for it. One request
+ * per connection, one line each way:
+ *
+ *   SNAPSHOT <account> <description, hex-encoded>\n
+ *   -> OK <snap-id>\n   |   ERR <errno>\n
+ *
+ * The socket is reached through /proc/self/fd/<volumes dir>/ so the store
+ * path never meets the 108-byte limit of sun_path. */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define CONTROL_LINE_MAX 4096
+
+static int control_addr(struct kiln_region *rg, const char *volume_id, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof *sa);
+	sa->sun_family = AF_UNIX;
+	if ((size_t)snprintf(sa->sun_path, sizeof sa->sun_path, "/proc/self/fd/%d/%s.ctl",
+			     rg->volumes_dirfd, volume_id) >= sizeof sa->sun_path)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+int kiln_volume_control_listen(struct kiln_volume *v, int *ret_fd)
+{
+	struct sockaddr_un sa;
+	CLEANUP_FREE char *name = volume_file(v->id, "ctl");
+	int fd, r;
+
+	if (!v->writable)
+		return -EROFS;
+	if (!name)
+		return -ENOMEM;
+	r = control_addr(v->region, v->id, &sa);
+	if (r < 0)
+		return r;
+	/* We hold the volume's owner lock: any socket file there is stale. */
+	unlinkat(v->region->volumes_dirfd, name, 0);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 16) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+void kiln_volume_control_close(struct kiln_volume *v, int fd)
+{
+	CLEANUP_FREE char *name = volume_file(v->id, "ctl");
+
+	if (fd < 0)
+		return;
+	close(fd);
+	if (name)
+		unlinkat(v->region->volumes_dirfd, name, 0);
+}
+
+static ssize_t read_line(int fd, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	while (n + 1 < cap) {
+		ssize_t r = read(fd, buf + n, 1);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -EPIPE;
+		if (buf[n] == '\n') {
+			buf[n] = '\0';
+			return (ssize_t)n;
+		}
+		n++;
+	}
+	return -EMSGSIZE;
+}
+
+static int send_line(int fd, const char *s)
+{
+	size_t len = strlen(s);
+
+	while (len > 0) {
+		ssize_t r = send(fd, s, len, MSG_NOSIGNAL);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		s += r;
+		len -= (size_t)r;
+	}
+	return 0;
+}
+
+int kiln_volume_control_serve(struct kiln_volume *v, int client_fd)
+{
+	char line[CONTROL_LINE_MAX], reply[64], account[KILN_ACCOUNT_LEN + 2];
+	char desc[256] = "";
+	char id[KILN_ID_MAX];
+	const char *hex;
+	ssize_t n;
+	int r;
+
+	n = read_line(client_fd, line, sizeof line);
+	if (n < 0)
+		return (int)n;
+	if (strncmp(line, "SNAPSHOT ", 9) != 0 || sscanf(line + 9, "%13s", account) != 1 ||
+	    !kiln_account_valid(account)) {
+		send_line(client_fd, "ERR 22\n");
+		return -EINVAL;
+	}
+	hex = line + 9 + strlen(account);
+	if (*hex == ' ')
+		hex++;
+	if (strlen(hex) % 2 || strlen(hex) / 2 >= sizeof desc ||
+	    (strlen(hex) && hex_decode(hex, (uint8_t *)desc, strlen(hex) / 2) < 0)) {
+		send_line(client_fd, "ERR 22\n");
+		return -EINVAL;
+	}
+	desc[strlen(hex) / 2] = '\0';
+	r = kiln_volume_snapshot(v, account, desc, NULL, NULL, id);
+	if (r < 0)
+		snprintf(reply, sizeof reply, "ERR %d\n", -r);
+	else
+		snprintf(reply, sizeof reply, "OK %s\n", id);
+	send_line(client_fd, reply);
+	return r;
+}
+
+/* Ask the owner of a busy volume for a snapshot. -EBUSY when nobody
+ * answers there (the owner is not a daemon, or it died). */
+int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *account,
+		     const char *description, char ret_id[KILN_ID_MAX])
+{
+	struct sockaddr_un sa;
+	char line[CONTROL_LINE_MAX], reply[128];
+	size_t dlen = description ? strlen(description) : 0;
+	CLEANUP_CLOSE int fd = -1;
+	ssize_t n;
+	int r;
+
+	if (dlen >= 256)
+		return -EINVAL;
+	r = control_addr(rg, volume_id, &sa);
+	if (r < 0)
+		return r;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+		return -EBUSY;
+	n = snprintf(line, sizeof line, "SNAPSHOT %s ", account);
+	hex_encode((const uint8_t *)(description ? description : ""), dlen, line + n);
+	strcat(line, "\n");
+	r = send_line(fd, line);
+	if (r < 0)
+		return r;
+	n = read_line(fd, reply, sizeof reply);
+	if (n < 0)
+		return -EIO;
+	if (strncmp(reply, "OK ", 3) == 0 && kiln_id_valid(reply + 3, "snap")) {
+		memcpy(ret_id, reply + 3, strlen(reply + 3) + 1);   /* validated: 22 bytes */
+		return 0;
+	}
+	if (strncmp(reply, "ERR ", 4) == 0 && atoi(reply + 4) > 0)
+		return -atoi(reply + 4);
+	return -EIO;
+}

@@ -1,0 +1,538 @@
+/* SPDX-License-Identifier: MIT */
+/* transmit.c: the transmission phase of one connection.
+ *
+ * Notes on the design: the connection's thread runs a loop on its own
+ * io_uring. One read takes in as many requests as the client has sent
+ * (clients pipeline: fio at queue depth 32 sends 32 at once); each is
+ * checked by one validate step, served through the engine (whose file
+ * I/O is io_uring too), and its reply is appended to a batch; the batch
+ * leaves in one writev before the loop reads again. Buffers are made
+ * once per connection, so the steady state allocates nothing. A bad
+ * request gets its error and the connection goes on; only a broken frame
+ * (bad magic) ends it. */
+#include <endian.h>
+#include <errno.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "protocol.h"
+#include "server.h"
+
+#define IBUF_SIZE (MAX_REQUEST_SIZE + 256 * 1024)
+#define OBUF_SIZE (MAX_REQUEST_SIZE + 256 * 1024)
+#define MAX_IOV 512
+#define MAX_EXTENTS 1024
+#define BASE_ALLOCATION_ID 1
+
+struct extent {
+	uint64_t offset, length;
+	enum kiln_extent_type type;
+};
+
+struct tx {
+	struct conn *c;
+	struct io_uring ring;
+	bool have_ring;
+	uint8_t *ibuf;
+	size_t ilen, ipos;
+	uint8_t *obuf;
+	size_t olen;
+	struct iovec iov[MAX_IOV];
+	int niov;
+	struct extent *ext;
+	size_t next, ext_cap;
+	bool stop;
+};
+
+static uint8_t zero_buf[1 << 20];
+
+/* ---- I/O on the ring (or plain syscalls where io_uring is missing) --- */
+
+static ssize_t ring_read(struct tx *t, void *buf, size_t len)
+{
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	int r;
+
+	if (!t->have_ring) {
+		ssize_t n;
+
+		do
+			n = read(t->c->rfd, buf, len);
+		while (n < 0 && errno == EINTR);
+		return n < 0 ? -errno : n;
+	}
+	sqe = io_uring_get_sqe(&t->ring);
+	io_uring_prep_read(sqe, t->c->rfd, buf, (unsigned)len, (uint64_t)-1);
+	r = io_uring_submit_and_wait(&t->ring, 1);
+	if (r < 0)
+		return r;
+	r = io_uring_wait_cqe(&t->ring, &cqe);
+	if (r < 0)
+		return r;
+	r = cqe->res;
+	io_uring_cqe_seen(&t->ring, cqe);
+	return r;
+}
+
+static int ring_writev(struct tx *t, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		ssize_t done;
+
+		if (t->have_ring) {
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&t->ring);
+			struct io_uring_cqe *cqe;
+			int r;
+
+			io_uring_prep_writev(sqe, t->c->wfd, iov, (unsigned)n, (uint64_t)-1);
+			r = io_uring_submit_and_wait(&t->ring, 1);
+			if (r >= 0)
+				r = io_uring_wait_cqe(&t->ring, &cqe);
+			if (r < 0)
+				return r;
+			done = cqe->res;
+			io_uring_cqe_seen(&t->ring, cqe);
+		} else {
+			done = writev(t->c->wfd, iov, n);
+			if (done < 0)
+				done = -errno;
+		}
+		if (done == -EINTR || done == -EAGAIN)
+			continue;
+		if (done <= 0)
+			return done < 0 ? (int)done : -EPIPE;
+		while (n > 0 && (size_t)done >= iov->iov_len) {
+			done -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + done;
+			iov->iov_len -= (size_t)done;
+		}
+	}
+	return 0;
+}
+
+static int flush_replies(struct tx *t)
+{
+	int r = 0;
+
+	if (t->niov > 0)
+		r = ring_writev(t, t->iov, t->niov);
+	t->niov = 0;
+	t->olen = 0;
+	return r;
+}
+
+/* Room for len more bytes of output and n more iovecs. */
+static int reserve(struct tx *t, size_t len, int n)
+{
+	if (t->olen + len > OBUF_SIZE || t->niov + n > MAX_IOV)
+		return flush_replies(t);
+	return 0;
+}
+
+static void *out_put(struct tx *t, size_t len)
+{
+	void *p = t->obuf + t->olen;
+
+	/* Extend the last iovec when the bytes follow on. */
+	if (t->niov > 0 && (uint8_t *)t->iov[t->niov - 1].iov_base + t->iov[t->niov - 1].iov_len == p)
+		t->iov[t->niov - 1].iov_len += len;
+	else
+		t->iov[t->niov++] = (struct iovec){ p, len };
+	t->olen += len;
+	return p;
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+int request_decode(const struct conn *c, const void *wire, struct nbd_request *req)
+{
+	(void)c;
+	memcpy(req, wire, sizeof *req);
+	req->magic = be32toh(req->magic);
+	req->flags = be16toh(req->flags);
+	req->type = be16toh(req->type);
+	req->cookie = be64toh(req->cookie);       /* opaque: echoed as sent */
+	req->offset = be64toh(req->offset);
+	req->count = be32toh(req->count);
+	return req->magic == NBD_REQUEST_MAGIC ? 0 : -1;
+}
+
+/* The one place a request is checked. Returns 0 or an NBD error. */
+int request_validate(const struct conn *c, const struct nbd_request *req)
+{
+	static const uint16_t allowed_flags[] = {
+		[NBD_CMD_READ] = NBD_CMD_FLAG_DF | NBD_CMD_FLAG_FUA,
+		[NBD_CMD_WRITE] = NBD_CMD_FLAG_FUA,
+		[NBD_CMD_DISC] = 0,
+		[NBD_CMD_FLUSH] = 0,
+		[NBD_CMD_TRIM] = NBD_CMD_FLAG_FUA,
+		[NBD_CMD_CACHE] = 0,
+		[NBD_CMD_WRITE_ZEROES] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+		[NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_REQ_ONE,
+	};
+	const struct export *e = c->exp;
+	bool writes = req->type == NBD_CMD_WRITE || req->type == NBD_CMD_TRIM ||
+		      req->type == NBD_CMD_WRITE_ZEROES;
+
+	if (req->type > NBD_CMD_BLOCK_STATUS)
+		return NBD_EINVAL;
+	if (req->flags & ~allowed_flags[req->type])
+		return NBD_EINVAL;
+	if ((req->flags & NBD_CMD_FLAG_DF) && !c->structured)
+		return NBD_EINVAL;
+	if (req->type == NBD_CMD_DISC || req->type == NBD_CMD_FLUSH)
+		return req->offset == 0 && req->count == 0 ? 0 : NBD_EINVAL;
+	if (req->type == NBD_CMD_BLOCK_STATUS && !c->meta_alloc)
+		return NBD_EINVAL;
+	if (writes && e->read_only)
+		return NBD_EPERM;
+	if (req->count == 0)
+		return NBD_EINVAL;
+	if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) && req->count > MAX_REQUEST_SIZE)
+		return req->type == NBD_CMD_READ ? NBD_EINVAL : NBD_EOVERFLOW;
+	if (c->block_size_negotiated && c->min_block > 1 &&
+	    (req->offset % c->min_block || req->count % c->min_block))
+		return NBD_EINVAL;
+	if (req->offset > e->size || req->count > e->size - req->offset)
+		return writes ? NBD_ENOSPC : NBD_EINVAL;
+	return 0;
+}
+
+static uint32_t nbd_errno(int err)
+{
+	switch (err) {
+	case EROFS:
+	case EPERM:
+		return NBD_EPERM;
+	case ENOMEM:
+		return NBD_ENOMEM;
+	case EINVAL:
+		return NBD_EINVAL;
+	case ENOSPC:
+	case EFBIG:
+	case EDQUOT:
+		return NBD_ENOSPC;
+	case EOVERFLOW:
+		return NBD_EOVERFLOW;
+	case ENOTSUP:
+		return NBD_ENOTSUP;
+	case ESHUTDOWN:
+		return NBD_ESHUTDOWN;
+	default:
+		return NBD_EIO;
+	}
+}
+
+static int simple_reply(struct tx *t, const struct nbd_request *req, uint32_t error)
+{
+	struct nbd_simple_reply *h;
+	int r = reserve(t, sizeof *h, 1);
+
+	if (r < 0)
+		return r;
+	h = out_put(t, sizeof *h);
+	h->magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
+	h->error = htobe32(error);
+	h->cookie = htobe64(req->cookie);
+	return 0;
+}
+
+static struct nbd_structured_reply *chunk_header(struct tx *t, const struct nbd_request *req,
+						 uint16_t type, uint16_t flags, uint32_t len)
+{
+	struct nbd_structured_reply *h = out_put(t, sizeof *h);
+
+	h->magic = htobe32(NBD_STRUCTURED_REPLY_MAGIC);
+	h->flags = htobe16(flags);
+	h->type = htobe16(type);
+	h->cookie = htobe64(req->cookie);
+	h->length = htobe32(len);
+	return h;
+}
+
+static int structured_error(struct tx *t, const struct nbd_request *req, uint32_t error)
+{
+	uint8_t *p;
+	int r = reserve(t, 20 + 6, 1);
+
+	if (r < 0)
+		return r;
+	chunk_header(t, req, NBD_REPLY_TYPE_ERROR, NBD_REPLY_FLAG_DONE, 6);
+	p = out_put(t, 6);
+	error = htobe32(error);
+	memcpy(p, &error, 4);
+	memset(p + 4, 0, 2);    /* no message */
+	return 0;
+}
+
+static int error_reply(struct tx *t, const struct nbd_request *req, uint32_t error)
+{
+	debug("request type %u offset %llu count %u: error %u", req->type,
+	      (unsigned long long)req->offset, req->count, error);
+	if (t->c->structured && (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS))
+		return structured_error(t, req, error);
+	return simple_reply(t, req, error);
+}
+
+static int collect_extent(void *opaque, uint64_t offset, uint64_t length, enum kiln_extent_type type)
+{
+	struct tx *t = opaque;
+
+	if (t->next == t->ext_cap)
+		return 1;       /* enough: the reply may cover less than asked */
+	t->ext[t->next++] = (struct extent){ offset, length, type };
+	return 0;
+}
+
+static int do_read(struct tx *t, const struct nbd_request *req)
+{
+	struct kiln_volume *v = t->c->exp->vol;
+	int r = reserve(t, req->count + 64 + 32 * MAX_EXTENTS, 2 + 2 * MAX_EXTENTS);
+	size_t save_olen = t->olen;
+	int save_niov = t->niov;
+
+	if (r < 0)
+		return r;
+	if (!t->c->structured) {
+		struct nbd_simple_reply *h = out_put(t, sizeof *h);
+		uint8_t *data = out_put(t, req->count);
+
+		r = kiln_volume_read(v, data, req->count, req->offset);
+		if (r < 0) {
+			t->olen = save_olen;
+			t->niov = save_niov;
+			return simple_reply(t, req, nbd_errno(-r));
+		}
+		h->magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
+		h->error = 0;
+		h->cookie = htobe64(req->cookie);
+		return 0;
+	}
+
+	/* Structured: data chunks, and holes as OFFSET_HOLE unless DF. */
+	t->next = 0;
+	if (req->flags & NBD_CMD_FLAG_DF) {
+		t->ext[t->next++] = (struct extent){ req->offset, req->count, KILN_EXTENT_DATA };
+	} else {
+		r = kiln_volume_map_status(v, req->count, req->offset, collect_extent, t);
+		if (r < 0)
+			goto out_error;
+		/* Past the extents we could hold, one last data chunk. */
+		if (t->next == t->ext_cap) {
+			struct extent *last = &t->ext[t->next - 1];
+
+			last->length = req->offset + req->count - last->offset;
+			last->type = KILN_EXTENT_DATA;
+		}
+	}
+	for (size_t i = 0; i < t->next; i++) {
+		struct extent *x = &t->ext[i];
+		uint16_t flags = i + 1 == t->next ? NBD_REPLY_FLAG_DONE : 0;
+		uint64_t off = htobe64(x->offset);
+
+		if (x->type == KILN_EXTENT_DATA) {
+			chunk_header(t, req, NBD_REPLY_TYPE_OFFSET_DATA, flags, (uint32_t)(8 + x->length));
+			memcpy(out_put(t, 8), &off, 8);
+			r = kiln_volume_read(v, out_put(t, x->length), x->length, x->offset);
+			if (r < 0)
+				goto out_error;
+		} else {
+			uint32_t len = htobe32((uint32_t)x->length);
+
+			chunk_header(t, req, NBD_REPLY_TYPE_OFFSET_HOLE, flags, 12);
+			memcpy(out_put(t, 8), &off, 8);
+			memcpy(out_put(t, 4), &len, 4);
+		}
+	}
+	return 0;
+out_error:
+	t->olen = save_olen;
+	t->niov = save_niov;
+	return structured_error(t, req, nbd_errno(-r));
+}
+
+static int do_block_status(struct tx *t, const struct nbd_request *req)
+{
+	size_t n;
+	uint8_t *p;
+	uint32_t id = htobe32(BASE_ALLOCATION_ID);
+	int r;
+
+	t->next = 0;
+	r = kiln_volume_map_status(t->c->exp->vol, req->count, req->offset, collect_extent, t);
+	if (r < 0)
+		return structured_error(t, req, nbd_errno(-r));
+	n = (req->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : t->next;
+	r = reserve(t, 20 + 4 + 8 * n, 1);
+	if (r < 0)
+		return r;
+	chunk_header(t, req, NBD_REPLY_TYPE_BLOCK_STATUS, NBD_REPLY_FLAG_DONE, (uint32_t)(4 + 8 * n));
+	p = out_put(t, 4 + 8 * n);
+	memcpy(p, &id, 4);
+	for (size_t i = 0; i < n; i++) {
+		uint32_t len = htobe32((uint32_t)t->ext[i].length);
+		uint32_t st = t->ext[i].type == KILN_EXTENT_HOLE ? NBD_STATE_HOLE | NBD_STATE_ZERO
+			    : t->ext[i].type == KILN_EXTENT_ZERO ? NBD_STATE_ZERO : 0;
+
+		st = htobe32(st);
+		memcpy(p + 4 + 8 * i, &len, 4);
+		memcpy(p + 8 + 8 * i, &st, 4);
+	}
+	return 0;
+}
+
+static int do_zeroes(struct kiln_volume *v, const struct nbd_request *req)
+{
+	if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
+		return kiln_volume_write_zeroes(v, req->count, req->offset);
+	/* Allocated zeroes: real bytes, which is not fast. */
+	if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
+		return -ENOTSUP;
+	for (uint64_t done = 0; done < req->count;) {
+		uint64_t n = MIN((uint64_t)sizeof zero_buf, req->count - done);
+		int r = kiln_volume_write(v, zero_buf, n, req->offset + done);
+
+		if (r < 0)
+			return r;
+		done += n;
+	}
+	return 0;
+}
+
+/* Serve one valid request; its payload (WRITE) is at data. */
+static int serve(struct tx *t, const struct nbd_request *req, const uint8_t *data)
+{
+	struct kiln_volume *v = t->c->exp->vol;
+	int r = 0;
+
+	switch (req->type) {
+	case NBD_CMD_READ:
+		return do_read(t, req);
+	case NBD_CMD_BLOCK_STATUS:
+		return do_block_status(t, req);
+	case NBD_CMD_WRITE:
+		r = kiln_volume_write(v, data, req->count, req->offset);
+		break;
+	case NBD_CMD_TRIM:
+		r = kiln_volume_trim(v, req->count, req->offset);
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		r = do_zeroes(v, req);
+		break;
+	case NBD_CMD_FLUSH:
+		r = kiln_volume_flush(v);
+		break;
+	case NBD_CMD_CACHE:
+		break;          /* reads come from the page cache or packs alike */
+	case NBD_CMD_DISC:
+		t->stop = true;
+		return 0;
+	}
+	if (r == 0 && (req->flags & NBD_CMD_FLAG_FUA))
+		r = kiln_volume_flush(v);
+	return simple_reply(t, req, r < 0 ? nbd_errno(-r) : 0);
+}
+
+/* Make sure ibuf holds n bytes from ipos; read more (after sending what
+ * replies we have, so the client is never left waiting). 0, or -1 at end
+ * of stream. */
+static int need(struct tx *t, size_t n)
+{
+	while (t->ilen - t->ipos < n) {
+		ssize_t got;
+
+		if (t->ipos > 0 && (t->ipos == t->ilen || IBUF_SIZE - t->ipos < n)) {
+			memmove(t->ibuf, t->ibuf + t->ipos, t->ilen - t->ipos);
+			t->ilen -= t->ipos;
+			t->ipos = 0;
+		}
+		if (flush_replies(t) < 0)
+			return -1;
+		got = ring_read(t, t->ibuf + t->ilen, IBUF_SIZE - t->ilen);
+		if (got <= 0)
+			return -1;
+		t->ilen += (size_t)got;
+	}
+	return 0;
+}
+
+void transmit(struct conn *c)
+{
+	struct tx t = { .c = c };
+	struct kiln_volume *v;
+
+	t.ibuf = malloc(IBUF_SIZE);
+	t.obuf = malloc(OBUF_SIZE);
+	t.ext_cap = MAX_EXTENTS;
+	t.ext = calloc(t.ext_cap, sizeof *t.ext);
+	if (!t.ibuf || !t.obuf || !t.ext)
+		goto out;
+	t.have_ring = io_uring_queue_init(8, &t.ring, 0) == 0;
+	debug("transmission on %s: %s replies, %s", c->export_name,
+	      c->structured ? "structured" : "simple", t.have_ring ? "io_uring" : "read/write");
+
+	while (!t.stop) {
+		struct nbd_request req;
+		int err;
+
+		if (need(&t, sizeof req) < 0)
+			break;
+		if (request_decode(c, t.ibuf + t.ipos, &req) < 0) {
+			server_error("%s: bad request magic: closing the connection", c->export_name);
+			break;
+		}
+		t.ipos += sizeof req;
+		err = request_validate(c, &req);
+		if (req.type == NBD_CMD_WRITE) {
+			/* The payload follows whatever we think of the request. */
+			if (req.count <= IBUF_SIZE) {
+				if (need(&t, req.count) < 0)
+					break;
+			} else {
+				uint64_t left = req.count;
+
+				while (left > 0) {
+					size_t n = (size_t)MIN(left, (uint64_t)(1 << 20));
+
+					if (need(&t, n) < 0)
+						goto out;
+					t.ipos += n;
+					left -= n;
+				}
+			}
+		}
+		if (err) {
+			if (req.type == NBD_CMD_WRITE && req.count <= IBUF_SIZE)
+				t.ipos += req.count;
+			if (error_reply(&t, &req, err) < 0)
+				break;
+			continue;
+		}
+		if (serve(&t, &req, t.ibuf + t.ipos) < 0)
+			break;
+		if (req.type == NBD_CMD_WRITE)
+			t.ipos += req.count;
+		/* Nothing more buffered: answer now rather than wait. */
+		if (t.ipos == t.ilen && flush_replies(&t) < 0)
+			break;
+	}
+	flush_replies(&t);
+	v = c->exp->vol;
+	if (!c->exp->read_only)
+		kiln_volume_flush(v);
+out:
+	if (t.have_ring)
+		io_uring_queue_exit(&t.ring);
+	free(t.ibuf);
+	free(t.obuf);
+	free(t.ext);
+}
