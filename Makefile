@@ -28,7 +28,7 @@ UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LIBKILN     := $(BUILD)/libkiln.a
 
-.PHONY: all check check-unit check-unit-asan check-integration asan demo install clean help deps
+.PHONY: all check check-unit check-unit-asan check-integration asan fuzz demo install clean help deps
 
 all: $(BUILD)/kiln $(BUILD)/kiln-nbd ## build kiln, kiln-nbd and libkiln (default)
 
@@ -50,15 +50,33 @@ $(BUILD)/tests/test-%: tests/unit/test-%.c $(LIBKILN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(LIBKILN) $(LDLIBS) -lcmocka
 
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD  := build/fuzz
+FUZZ_NBD_OBJS := $(filter-out %/main.o,$(NBD_SRCS:%.c=$(FUZZ_BUILD)/%.o))
+
+$(FUZZ_BUILD)/fuzz-nbd: tests/fuzz/fuzz-nbd.c
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang SAN="-fsanitize=fuzzer-no-link,address,undefined" \
+	  $(FUZZ_BUILD)/libkiln.a $(FUZZ_NBD_OBJS)
+	clang $(CPPFLAGS) -Inbd-server -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -o $@ \
+	  $< $(FUZZ_NBD_OBJS) $(FUZZ_BUILD)/libkiln.a $(LDLIBS)
+
+fuzz: ## fuzz the NBD handshake and request parser for FUZZ_SECONDS (libFuzzer)
+	$(MAKE) $(FUZZ_BUILD)/fuzz-nbd
+	@mkdir -p $(FUZZ_BUILD)/corpus
+	tests/fuzz/make-seeds.py $(FUZZ_BUILD)/corpus
+	$(FUZZ_BUILD)/fuzz-nbd -max_total_time=$(FUZZ_SECONDS) -max_len=60000 -timeout=20 \
+	  -print_final_stats=1 $(FUZZ_BUILD)/corpus
+
 deps: ## install the Debian packages that build, test and demo need (as root)
 	scripts/install-deps
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-check: deps ## run every test: unit (plain and with ASan+UBSan), then integration
+check: deps ## every test: unit (plain, ASan+UBSan), integration, a short fuzz run
 	$(MAKE) check-unit
 	$(MAKE) check-unit-asan
 	$(MAKE) check-integration
+	$(MAKE) fuzz FUZZ_SECONDS=20
 
 check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules
 	@tests/run-unit $(UNIT_BINS)

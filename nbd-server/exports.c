@@ -148,6 +148,9 @@ int export_get(const char *name, struct export **ret_export, const char **ret_wh
 	int r;
 
 	*ret_why = NULL;
+	/* With exactly one --export, the default name "" means it. */
+	if (!*name && config->nallowed == 1)
+		name = config->allowed[0];
 	if (!allowed(name)) {
 		*ret_why = "no such export";
 		return -ENOENT;
