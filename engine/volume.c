@@ -427,6 +427,89 @@ const char *kiln_volume_id(const struct kiln_volume *v)
 
 /* ---- I/O ------------------------------------------------------------- */
 
+/* An I/O plan: the file requests that serve one or more volume requests,
+ * run as one batch on the ring. Each thread keeps its own plan and
+ * scratch buffer, so the steady state allocates nothing. */
+struct io_plan {
+	struct io_req *reqs;
+	size_t *owner;          /* which volume request each file request serves */
+	uint64_t *chunk;        /* writes: the chunk that becomes LOCAL, else UINT64_MAX */
+	size_t n, cap;
+	uint8_t *scratch;       /* one chunk, for BASE reads and copy-up */
+	size_t scratch_len;
+};
+
+static pthread_key_t plan_key;
+static pthread_once_t plan_once = PTHREAD_ONCE_INIT;
+
+static void free_plan(void *p)
+{
+	struct io_plan *pl = p;
+
+	free(pl->reqs);
+	free(pl->owner);
+	free(pl->chunk);
+	free(pl->scratch);
+	free(pl);
+}
+
+static void make_plan_key(void)
+{
+	pthread_key_create(&plan_key, free_plan);
+}
+
+static struct io_plan *get_plan(uint32_t chunk_size)
+{
+	struct io_plan *pl;
+
+	pthread_once(&plan_once, make_plan_key);
+	pl = pthread_getspecific(plan_key);
+	if (!pl) {
+		pl = calloc(1, sizeof *pl);
+		if (!pl)
+			return NULL;
+		pthread_setspecific(plan_key, pl);
+	}
+	if (pl->scratch_len < chunk_size) {
+		uint8_t *s = realloc(pl->scratch, chunk_size);
+
+		if (!s)
+			return NULL;
+		pl->scratch = s;
+		pl->scratch_len = chunk_size;
+	}
+	pl->n = 0;
+	return pl;
+}
+
+static int plan_add(struct io_plan *pl, const struct io_req *q, size_t owner, uint64_t chunk)
+{
+	if (pl->n == pl->cap) {
+		size_t ncap = pl->cap ? pl->cap * 2 : 64;
+		struct io_req *r = realloc(pl->reqs, ncap * sizeof *r);
+		size_t *o;
+		uint64_t *c;
+
+		if (!r)
+			return -ENOMEM;
+		pl->reqs = r;
+		o = realloc(pl->owner, ncap * sizeof *o);
+		if (!o)
+			return -ENOMEM;
+		pl->owner = o;
+		c = realloc(pl->chunk, ncap * sizeof *c);
+		if (!c)
+			return -ENOMEM;
+		pl->chunk = c;
+		pl->cap = ncap;
+	}
+	pl->reqs[pl->n] = *q;
+	pl->owner[pl->n] = owner;
+	pl->chunk[pl->n] = chunk;
+	pl->n++;
+	return 0;
+}
+
 static int check_range(const struct kiln_volume *v, uint64_t count, uint64_t offset)
 {
 	if (offset > v->map->size || count > v->map->size - offset)
@@ -454,78 +537,64 @@ static uint32_t chunk_len(const struct kiln_volume *v, uint64_t i)
 	return (uint32_t)MIN((uint64_t)v->map->chunk_size, v->map->size - start);
 }
 
-int volume_read_locked(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
+/* Plan a read: zero and BASE chunks are served now, overlay reads join
+ * the plan. */
+static int plan_read(struct kiln_volume *v, struct io_plan *pl, void *buf, uint64_t count,
+		     uint64_t offset, size_t owner)
 {
 	uint32_t cs = v->map->chunk_size;
-	uint64_t first = offset / cs, last;
-	size_t nreq = 0;
-	CLEANUP_FREE struct io_req *reqs = NULL;
-	CLEANUP_FREE uint8_t *tmp = NULL;
 	uint8_t *out = buf;
-	int r;
 
-	if (count == 0)
-		return 0;
-	last = (offset + count - 1) / cs;
-	reqs = malloc((size_t)(last - first + 1) * sizeof *reqs);
-	if (!reqs)
-		return -ENOMEM;
-	for (uint64_t i = first; i <= last; i++) {
-		uint64_t cstart = i * cs;
-		uint64_t s = MAX(offset, cstart), e = MIN(offset + count, cstart + cs);
-		uint8_t *dst = out + (s - offset);
+	for (uint64_t pos = offset; pos < offset + count;) {
+		uint64_t i = pos / cs, cstart = i * cs;
+		uint64_t e = MIN(offset + count, cstart + cs);
+		uint8_t *dst = out + (pos - offset);
+		int r;
 
 		switch (get_state(v, i)) {
 		case CHUNK_ZERO:
-			memset(dst, 0, e - s);
+			memset(dst, 0, e - pos);
 			break;
-		case CHUNK_LOCAL:
-			reqs[nreq++] = (struct io_req){ .fd = v->overlay_fd, .op = IO_READ, .buf = dst,
-							.len = (uint32_t)(e - s), .off = s };
-			break;
-		case CHUNK_BASE:
-			if (!tmp && !(tmp = malloc(cs)))
-				return -ENOMEM;
-			r = cs_read(v->region->cs, v->parent->ids[i], tmp, cs);
+		case CHUNK_LOCAL: {
+			struct io_req q = { .fd = v->overlay_fd, .op = IO_READ, .buf = dst,
+					    .len = (uint32_t)(e - pos), .off = pos };
+
+			/* Adjacent LOCAL chunks make one request. */
+			if (pl->n > 0 && pl->owner[pl->n - 1] == owner &&
+			    pl->reqs[pl->n - 1].off + pl->reqs[pl->n - 1].len == pos &&
+			    (uint8_t *)pl->reqs[pl->n - 1].buf + pl->reqs[pl->n - 1].len == dst &&
+			    pl->reqs[pl->n - 1].len + q.len <= (1u << 30)) {
+				pl->reqs[pl->n - 1].len += q.len;
+				break;
+			}
+			r = plan_add(pl, &q, owner, UINT64_MAX);
 			if (r < 0)
 				return r;
-			memcpy(dst, tmp + (s - cstart), e - s);
 			break;
 		}
+		case CHUNK_BASE:
+			r = cs_read(v->region->cs, v->parent->ids[i], pl->scratch, cs);
+			if (r < 0)
+				return r;
+			memcpy(dst, pl->scratch + (pos - cstart), e - pos);
+			break;
+		}
+		pos = e;
 	}
-	r = io_run(reqs, nreq);
-	if (r < 0)
-		return r;
-	for (size_t i = 0; i < nreq; i++)    /* past the overlay's end reads as zero */
-		if ((uint32_t)reqs[i].res < reqs[i].len)
-			memset((uint8_t *)reqs[i].buf + reqs[i].res, 0, reqs[i].len - (uint32_t)reqs[i].res);
 	return 0;
-}
-
-int kiln_volume_read(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
-{
-	int r = check_range(v, count, offset);
-
-	if (r < 0)
-		return r;
-	pthread_rwlock_rdlock(&v->io_lock);
-	r = volume_read_locked(v, buf, count, offset);
-	pthread_rwlock_unlock(&v->io_lock);
-	return r;
 }
 
 /* First write to a BASE chunk: read it whole, lay the new bytes over it
  * and write it whole into the overlay. Called with the chunk's lock. */
-static int copy_up(struct kiln_volume *v, uint64_t i, const uint8_t *src, uint64_t s, uint64_t e)
+static int copy_up(struct kiln_volume *v, struct io_plan *pl, uint64_t i, const uint8_t *src,
+		   uint64_t s, uint64_t e)
 {
 	uint32_t cs = v->map->chunk_size;
 	uint64_t cstart = i * cs;
 	uint32_t len = chunk_len(v, i);
-	CLEANUP_FREE uint8_t *tmp = malloc(cs);
+	uint8_t *tmp = pl->scratch;
 	int r;
 
-	if (!tmp)
-		return -ENOMEM;
 	if (s > cstart || e < cstart + len) {
 		r = cs_read(v->region->cs, v->parent->ids[i], tmp, cs);
 		if (r < 0)
@@ -535,7 +604,14 @@ static int copy_up(struct kiln_volume *v, uint64_t i, const uint8_t *src, uint64
 		memcpy(tmp + (s - cstart), src, e - s);
 	else
 		memset(tmp + (s - cstart), 0, e - s);
-	r = pwrite_all(v->overlay_fd, tmp, len, cstart);
+	{
+		struct io_req q = { .fd = v->overlay_fd, .op = IO_WRITE, .buf = tmp, .len = len,
+				    .off = cstart };
+
+		r = io_run(&q, 1);
+		if (r == 0 && (uint32_t)q.res != len)
+			r = -EIO;
+	}
 	if (r < 0)
 		return r;
 	set_state(v, i, CHUNK_LOCAL, true);
@@ -561,30 +637,22 @@ static int punch(struct kiln_volume *v, uint64_t off, uint64_t len)
 	return 0;
 }
 
-/* Write (src) or zero (src NULL) [offset, offset+count). */
-int volume_write_locked(struct kiln_volume *v, const void *src, uint64_t count, uint64_t offset)
+/* Plan a write (src) or zeroing (src NULL). Zeroing and copy-up happen
+ * now; plain overlay writes join the plan, and their chunks become LOCAL
+ * when they complete (plan_finish). */
+static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src, uint64_t count,
+		      uint64_t offset, size_t owner)
 {
 	uint32_t cs = v->map->chunk_size;
-	uint64_t first = offset / cs, last;
-	CLEANUP_FREE struct io_req *reqs = NULL;
-	CLEANUP_FREE uint64_t *touched = NULL;
-	size_t nreq = 0;
-	int r;
 
-	if (count == 0)
-		return 0;
-	last = (offset + count - 1) / cs;
-	reqs = malloc((size_t)(last - first + 1) * sizeof *reqs);
-	touched = malloc((size_t)(last - first + 1) * sizeof *touched);
-	if (!reqs || !touched)
-		return -ENOMEM;
-	for (uint64_t i = first; i <= last; i++) {
-		uint64_t cstart = i * cs;
-		uint64_t s = MAX(offset, cstart), e = MIN(offset + count, cstart + cs);
-		const uint8_t *p = src ? (const uint8_t *)src + (s - offset) : NULL;
-		bool whole = s == cstart && e == cstart + chunk_len(v, i);
+	for (uint64_t pos = offset; pos < offset + count;) {
+		uint64_t i = pos / cs, cstart = i * cs;
+		uint64_t e = MIN(offset + count, cstart + cs);
+		const uint8_t *p = src ? (const uint8_t *)src + (pos - offset) : NULL;
+		bool whole = pos == cstart && e == cstart + chunk_len(v, i);
 		pthread_mutex_t *lock = &v->chunk_locks[i % CHUNK_LOCKS];
 		enum chunk_state st;
+		int r = 0;
 
 		pthread_mutex_lock(lock);
 		st = get_state(v, i);
@@ -592,41 +660,93 @@ int volume_write_locked(struct kiln_volume *v, const void *src, uint64_t count, 
 			/* Zeroing: the chunk, or a range of a zero chunk. */
 			if (st == CHUNK_LOCAL)
 				r = punch(v, cstart, chunk_len(v, i));
-			else
-				r = 0;
 			if (r == 0 && st != CHUNK_ZERO)
 				set_state(v, i, CHUNK_ZERO, true);
 		} else if (!p && st == CHUNK_LOCAL) {
-			r = punch(v, s, e - s);
+			r = punch(v, pos, e - pos);
 			if (r == 0)
 				set_state(v, i, CHUNK_LOCAL, true);
 		} else if (st == CHUNK_BASE && !whole) {
-			r = copy_up(v, i, p, s, e);
+			r = copy_up(v, pl, i, p, pos, e);
 		} else {
-			/* Data into a LOCAL or ZERO chunk, or over all of a
-			 * BASE one: straight to the overlay, batched. */
-			reqs[nreq] = (struct io_req){ .fd = v->overlay_fd, .op = IO_WRITE,
-						      .buf = (void *)p, .len = (uint32_t)(e - s), .off = s };
-			if (!p)
-				reqs[nreq].buf = v->zero_chunk;
-			touched[nreq++] = i;
-			r = 0;
+			/* Data into a LOCAL or ZERO chunk, or over all of a BASE
+			 * one (no copy-up: every old byte is replaced). */
+			struct io_req q = { .fd = v->overlay_fd, .op = IO_WRITE,
+					    .buf = p ? (void *)p : v->zero_chunk,
+					    .len = (uint32_t)(e - pos), .off = pos };
+
+			r = plan_add(pl, &q, owner, i);
 		}
 		pthread_mutex_unlock(lock);
 		if (r < 0)
 			return r;
-	}
-	r = io_run(reqs, nreq);
-	if (r < 0)
-		return r;
-	for (size_t k = 0; k < nreq; k++) {
-		if ((uint32_t)reqs[k].res != reqs[k].len)
-			return -EIO;
-		/* A BASE chunk written whole skips copy-up: its old bytes
-		 * are all replaced. */
-		set_state(v, touched[k], CHUNK_LOCAL, true);
+		pos = e;
 	}
 	return 0;
+}
+
+/* Run the plan; results[owner] gets the first error of its requests. */
+static int plan_run(struct kiln_volume *v, struct io_plan *pl, int *results)
+{
+	int r = io_run(pl->reqs, pl->n);
+
+	for (size_t k = 0; k < pl->n; k++) {
+		struct io_req *q = &pl->reqs[k];
+		int *res = results ? &results[pl->owner[k]] : &r;
+
+		if (q->res < 0) {
+			if (*res == 0)
+				*res = q->res;
+		} else if (q->op == IO_READ) {
+			/* past the overlay's end reads as zero */
+			if ((uint32_t)q->res < q->len)
+				memset((uint8_t *)q->buf + q->res, 0, q->len - (uint32_t)q->res);
+		} else if ((uint32_t)q->res != q->len) {
+			if (*res == 0)
+				*res = -EIO;
+		} else if (pl->chunk[k] != UINT64_MAX) {
+			set_state(v, pl->chunk[k], CHUNK_LOCAL, true);
+		}
+	}
+	return results ? 0 : r;
+}
+
+int volume_read_locked(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
+{
+	struct io_plan *pl = get_plan(v->map->chunk_size);
+	int r;
+
+	if (!pl)
+		return -ENOMEM;
+	r = plan_read(v, pl, buf, count, offset, 0);
+	if (r < 0)
+		return r;
+	return plan_run(v, pl, NULL);
+}
+
+int volume_write_locked(struct kiln_volume *v, const void *src, uint64_t count, uint64_t offset)
+{
+	struct io_plan *pl = get_plan(v->map->chunk_size);
+	int r;
+
+	if (!pl)
+		return -ENOMEM;
+	r = plan_write(v, pl, src, count, offset, 0);
+	if (r < 0)
+		return r;
+	return plan_run(v, pl, NULL);
+}
+
+int kiln_volume_read(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
+{
+	int r = check_range(v, count, offset);
+
+	if (r < 0)
+		return r;
+	pthread_rwlock_rdlock(&v->io_lock);
+	r = volume_read_locked(v, buf, count, offset);
+	pthread_rwlock_unlock(&v->io_lock);
+	return r;
 }
 
 static int do_write(struct kiln_volume *v, const void *buf, uint64_t count, uint64_t offset)
@@ -658,6 +778,36 @@ int kiln_volume_trim(struct kiln_volume *v, uint64_t count, uint64_t offset)
 int kiln_volume_write_zeroes(struct kiln_volume *v, uint64_t count, uint64_t offset)
 {
 	return do_write(v, NULL, count, offset);
+}
+
+int kiln_volume_submit(struct kiln_volume *v, struct kiln_io *ios, size_t n)
+{
+	struct io_plan *pl = get_plan(v->map->chunk_size);
+	int results[KILN_IO_BATCH_MAX];
+
+	if (!pl)
+		return -ENOMEM;
+	if (n > ARRAY_SIZE(results))
+		return -E2BIG;
+	pthread_rwlock_rdlock(&v->io_lock);
+	for (size_t k = 0; k < n; k++) {
+		struct kiln_io *io = &ios[k];
+		int r = check_range(v, io->count, io->offset);
+
+		if (r == 0 && io->op == KILN_IO_WRITE && !v->writable)
+			r = -EROFS;
+		if (r == 0 && (io->op == KILN_IO_READ || io->op == KILN_IO_WRITE))
+			r = io->op == KILN_IO_READ ? plan_read(v, pl, io->buf, io->count, io->offset, k)
+						   : plan_write(v, pl, io->buf, io->count, io->offset, k);
+		else if (r == 0)
+			r = -EINVAL;
+		results[k] = r;
+	}
+	plan_run(v, pl, results);
+	pthread_rwlock_unlock(&v->io_lock);
+	for (size_t k = 0; k < n; k++)
+		ios[k].result = results[k];
+	return 0;
 }
 
 int volume_flush_locked(struct kiln_volume *v)

@@ -6,7 +6,10 @@
  * (clients pipeline: fio at queue depth 32 sends 32 at once); each is
  * checked by one validate step, served through the engine (whose file
  * I/O is io_uring too), and its reply is appended to a batch; the batch
- * leaves in one writev before the loop reads again. Buffers are made
+ * leaves in one writev before the loop reads again. Reads and writes that
+ * arrived together go to the engine together (kiln_volume_submit), so
+ * their file I/O is one submission, and their replies may go out of
+ * order, as the protocol allows. Buffers are made
  * once per connection, so the steady state allocates nothing. A bad
  * request gets its error and the connection goes on; only a broken frame
  * (bad magic) ends it. */
@@ -33,8 +36,22 @@ struct extent {
 	enum kiln_extent_type type;
 };
 
+/* A READ or WRITE waiting in the batch: its replies' place in the output
+ * (iovecs [iov_start, iov_end)) and its ios [io_start, io_end). */
+struct pending {
+	struct nbd_request req;
+	int iov_start, iov_end;
+	size_t io_start, io_end;
+	struct nbd_simple_reply *simple;    /* simple read reply header to finish */
+};
+
 struct tx {
 	struct conn *c;
+	struct kiln_io ios[KILN_IO_BATCH_MAX];
+	size_t nios;
+	struct pending pend[KILN_IO_BATCH_MAX];
+	size_t npend;
+	int iov_floor;          /* iovecs below this belong to earlier replies */
 	struct io_uring ring;
 	bool have_ring;
 	uint8_t *ibuf;
@@ -126,6 +143,7 @@ static int flush_replies(struct tx *t)
 	if (t->niov > 0)
 		r = ring_writev(t, t->iov, t->niov);
 	t->niov = 0;
+	t->iov_floor = 0;
 	t->olen = 0;
 	return r;
 }
@@ -142,8 +160,12 @@ static void *out_put(struct tx *t, size_t len)
 {
 	void *p = t->obuf + t->olen;
 
-	/* Extend the last iovec when the bytes follow on. */
-	if (t->niov > 0 && (uint8_t *)t->iov[t->niov - 1].iov_base + t->iov[t->niov - 1].iov_len == p)
+	/* Callers reserve() first; a reply that would not fit is a bug. */
+	if (t->olen + len > OBUF_SIZE || t->niov == MAX_IOV)
+		abort();
+	/* Extend the last iovec when the bytes follow on (within one reply). */
+	if (t->niov > t->iov_floor &&
+	    (uint8_t *)t->iov[t->niov - 1].iov_base + t->iov[t->niov - 1].iov_len == p)
 		t->iov[t->niov - 1].iov_len += len;
 	else
 		t->iov[t->niov++] = (struct iovec){ p, len };
@@ -276,6 +298,7 @@ static int structured_error(struct tx *t, const struct nbd_request *req, uint32_
 
 static int error_reply(struct tx *t, const struct nbd_request *req, uint32_t error)
 {
+	t->iov_floor = t->niov;
 	debug("request type %u offset %llu count %u: error %u", req->type,
 	      (unsigned long long)req->offset, req->count, error);
 	if (t->c->structured && (req->type == NBD_CMD_READ || req->type == NBD_CMD_BLOCK_STATUS))
@@ -390,6 +413,128 @@ static int do_block_status(struct tx *t, const struct nbd_request *req)
 	return 0;
 }
 
+/* ---- the batch of reads and writes ----------------------------------- */
+
+/* Run the batch: one kiln_volume_submit(), then finish every reply. */
+static int run_batch(struct tx *t)
+{
+	struct kiln_volume *v;
+	bool fua = false, fua_failed = false;
+	int r;
+
+	if (t->npend == 0)
+		return 0;
+	v = t->c->exp->vol;
+	r = kiln_volume_submit(v, t->ios, t->nios);
+	for (size_t k = 0; k < t->npend; k++)
+		if (t->pend[k].req.type == NBD_CMD_WRITE && (t->pend[k].req.flags & NBD_CMD_FLAG_FUA))
+			fua = true;
+	if (fua && r == 0)
+		fua_failed = kiln_volume_flush(v) < 0;
+	for (size_t k = 0; k < t->npend && r == 0; k++) {
+		struct pending *p = &t->pend[k];
+		int err = 0;
+
+		for (size_t i = p->io_start; i < p->io_end && !err; i++)
+			err = t->ios[i].result;
+		if (p->req.type == NBD_CMD_WRITE) {
+			if (!err && fua_failed && (p->req.flags & NBD_CMD_FLAG_FUA))
+				err = -EIO;
+			r = simple_reply(t, &p->req, err ? nbd_errno(-err) : 0);
+			continue;
+		}
+		if (!err) {
+			if (p->simple)
+				p->simple->error = 0;
+			continue;
+		}
+		/* A failed read: drop what was laid out for it, send the error. */
+		if (p->simple) {
+			p->simple->error = htobe32(nbd_errno(-err));
+			t->iov[p->iov_start].iov_len = sizeof *p->simple;
+			for (int i = p->iov_start + 1; i < p->iov_end; i++)
+				t->iov[i].iov_len = 0;
+		} else {
+			for (int i = p->iov_start; i < p->iov_end; i++)
+				t->iov[i].iov_len = 0;
+			t->iov_floor = t->niov;
+			r = structured_error(t, &p->req, nbd_errno(-err));
+		}
+	}
+	t->npend = t->nios = 0;
+	return r < 0 ? r : 0;
+}
+
+/* Can this valid READ or WRITE join the batch? Reads lay their reply out
+ * now, with the data buffers pointing into it. Returns 1 if it joined. */
+static int add_to_batch(struct tx *t, const struct nbd_request *req, uint8_t *data)
+{
+	struct kiln_volume *v = t->c->exp->vol;
+	struct pending *p;
+	size_t need_ios = 1;
+	int r;
+
+	if (t->npend == KILN_IO_BATCH_MAX)
+		return 0;
+	if (req->type == NBD_CMD_READ && t->c->structured && !(req->flags & NBD_CMD_FLAG_DF)) {
+		t->next = 0;
+		r = kiln_volume_map_status(v, req->count, req->offset, collect_extent, t);
+		if (r < 0 || t->next == t->ext_cap)
+			return 0;       /* the unbatched path handles it */
+		need_ios = 0;
+		for (size_t i = 0; i < t->next; i++)
+			need_ios += t->ext[i].type == KILN_EXTENT_DATA;
+	}
+	if (t->nios + need_ios > KILN_IO_BATCH_MAX)
+		return 0;
+	/* Room now for its reply, and for every reply of the batch to turn
+	 * into an error chunk later, so run_batch() never has to flush. */
+	if (t->olen + (req->type == NBD_CMD_READ ? req->count + 32 * t->next + 64 : 0) +
+	    32 * (t->npend + 1) > OBUF_SIZE || t->niov + 2 * (int)(t->npend + 1) + 1 > MAX_IOV)
+		return 0;
+
+	p = &t->pend[t->npend++];
+	*p = (struct pending){ .req = *req, .io_start = t->nios, .simple = NULL };
+	t->iov_floor = t->niov;
+	p->iov_start = t->niov;
+	if (req->type == NBD_CMD_WRITE) {
+		t->ios[t->nios++] = (struct kiln_io){ KILN_IO_WRITE, data, req->count, req->offset, 0 };
+	} else if (!t->c->structured) {
+		p->simple = out_put(t, sizeof *p->simple);
+		p->simple->magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
+		p->simple->cookie = htobe64(req->cookie);
+		t->ios[t->nios++] = (struct kiln_io){ KILN_IO_READ, out_put(t, req->count), req->count,
+						      req->offset, 0 };
+	} else {
+		if (req->flags & NBD_CMD_FLAG_DF) {
+			t->next = 0;
+			t->ext[t->next++] = (struct extent){ req->offset, req->count, KILN_EXTENT_DATA };
+		}
+		for (size_t i = 0; i < t->next; i++) {
+			struct extent *x = &t->ext[i];
+			uint16_t flags = i + 1 == t->next ? NBD_REPLY_FLAG_DONE : 0;
+			uint64_t off = htobe64(x->offset);
+
+			if (x->type == KILN_EXTENT_DATA) {
+				chunk_header(t, req, NBD_REPLY_TYPE_OFFSET_DATA, flags, (uint32_t)(8 + x->length));
+				memcpy(out_put(t, 8), &off, 8);
+				t->ios[t->nios++] = (struct kiln_io){ KILN_IO_READ, out_put(t, x->length),
+								      x->length, x->offset, 0 };
+			} else {
+				uint32_t len = htobe32((uint32_t)x->length);
+
+				chunk_header(t, req, NBD_REPLY_TYPE_OFFSET_HOLE, flags, 12);
+				memcpy(out_put(t, 8), &off, 8);
+				memcpy(out_put(t, 4), &len, 4);
+			}
+		}
+	}
+	p->io_end = t->nios;
+	p->iov_end = t->niov;
+	t->iov_floor = t->niov;
+	return 1;
+}
+
 static int do_zeroes(struct kiln_volume *v, const struct nbd_request *req)
 {
 	if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
@@ -484,22 +629,28 @@ void transmit(struct conn *c)
 		struct nbd_request req;
 		int err;
 
-		if (need(&t, sizeof req) < 0)
-			break;
+		/* Only what is wholly in the buffer joins the batch: reading
+		 * more may move the buffer under the batch's write payloads. */
+		if (t.ilen - t.ipos < sizeof req) {
+			if (run_batch(&t) < 0 || need(&t, sizeof req) < 0)
+				break;
+		}
 		if (request_decode(c, t.ibuf + t.ipos, &req) < 0) {
 			server_error("%s: bad request magic: closing the connection", c->export_name);
 			break;
 		}
-		t.ipos += sizeof req;
 		err = request_validate(c, &req);
-		if (req.type == NBD_CMD_WRITE) {
-			/* The payload follows whatever we think of the request. */
-			if (req.count <= IBUF_SIZE) {
-				if (need(&t, req.count) < 0)
+		if (req.type == NBD_CMD_WRITE && t.ilen - t.ipos - sizeof req < req.count) {
+			if (run_batch(&t) < 0)
+				break;
+			if (req.count <= IBUF_SIZE - sizeof req) {
+				if (need(&t, sizeof req + req.count) < 0)
 					break;
 			} else {
+				/* Too large to hold: drop the payload, keep the framing. */
 				uint64_t left = req.count;
 
+				t.ipos += sizeof req;
 				while (left > 0) {
 					size_t n = (size_t)MIN(left, (uint64_t)(1 << 20));
 
@@ -508,23 +659,37 @@ void transmit(struct conn *c)
 					t.ipos += n;
 					left -= n;
 				}
+				if (error_reply(&t, &req, err ? err : NBD_EOVERFLOW) < 0)
+					break;
+				continue;
 			}
 		}
+		t.ipos += sizeof req;
 		if (err) {
-			if (req.type == NBD_CMD_WRITE && req.count <= IBUF_SIZE)
+			if (req.type == NBD_CMD_WRITE)
 				t.ipos += req.count;
 			if (error_reply(&t, &req, err) < 0)
 				break;
 			continue;
 		}
+		if ((req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE) &&
+		    add_to_batch(&t, &req, t.ibuf + t.ipos)) {
+			if (req.type == NBD_CMD_WRITE)
+				t.ipos += req.count;
+			continue;
+		}
+		/* Anything else waits for the batch before it (a FLUSH must
+		 * see the writes before it done). */
+		if (run_batch(&t) < 0)
+			break;
+		t.iov_floor = t.niov;
 		if (serve(&t, &req, t.ibuf + t.ipos) < 0)
 			break;
 		if (req.type == NBD_CMD_WRITE)
 			t.ipos += req.count;
-		/* Nothing more buffered: answer now rather than wait. */
-		if (t.ipos == t.ilen && flush_replies(&t) < 0)
-			break;
+		t.iov_floor = t.niov;
 	}
+	run_batch(&t);
 	flush_replies(&t);
 	v = c->exp->vol;
 	if (!c->exp->read_only)

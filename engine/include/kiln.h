@@ -147,6 +147,21 @@ int kiln_volume_write(struct kiln_volume *volume, const void *buf,
 int kiln_volume_trim(struct kiln_volume *volume, uint64_t count, uint64_t offset);
 int kiln_volume_write_zeroes(struct kiln_volume *volume, uint64_t count,
 			     uint64_t offset);
+/* Several reads and writes at once: their file I/O goes to the kernel as
+ * one batch. Requests in one batch are unordered among themselves (as
+ * NBD requests in flight are). At most KILN_IO_BATCH_MAX; each gets its
+ * own result (0 or -errno); returns 0 or -E2BIG/-ENOMEM. */
+#define KILN_IO_READ 0
+#define KILN_IO_WRITE 1
+#define KILN_IO_BATCH_MAX 64
+struct kiln_io {
+	int op;                 /* KILN_IO_READ or KILN_IO_WRITE */
+	void *buf;
+	uint64_t count, offset;
+	int result;
+};
+int kiln_volume_submit(struct kiln_volume *volume, struct kiln_io *ios, size_t n);
+
 /* Make every write that completed before the call durable. */
 int kiln_volume_flush(struct kiln_volume *volume);
 
