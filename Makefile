@@ -79,7 +79,7 @@ check: deps ## every test: unit (plain, ASan+UBSan), integration, a short fuzz r
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
 check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules
-	@tests/run-unit $(UNIT_BINS)
+	@tests/run-unit $(abspath $(UNIT_BINS))
 
 check-integration: $(BUILD)/kiln $(BUILD)/kiln-nbd ## the real binaries on real files, with real NBD clients
 	@KILN=$(abspath $(BUILD)/kiln) KILN_NBD=$(abspath $(BUILD)/kiln-nbd) tests/run-integration

@@ -134,6 +134,15 @@ static int migrate(struct catalog *cat)
 	r = exec(cat, "BEGIN IMMEDIATE");
 	if (r < 0)
 		return r;
+	/* Another process may have migrated while we waited for the lock. */
+	if (sqlite3_prepare_v2(cat->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK) {
+		exec(cat, "ROLLBACK");
+		return sql_errno(cat->db, SQLITE_ERROR, "user_version");
+	}
+	version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+	sqlite3_finalize(st);
+	if (version >= SCHEMA_VERSION)
+		return exec(cat, "COMMIT");
 	if (version < 1)
 		r = exec(cat, schema_v1);
 	if (r == 0) {

@@ -165,6 +165,8 @@ static void table_clear(struct chunkstore *cs)
 	cs->cap = cs->count = 0;
 }
 
+static void forget_pack_fds(struct chunkstore *cs);
+
 /* ---- index file ------------------------------------------------------ */
 
 static void index_encode(uint8_t *rec, const uint8_t id[CHUNK_ID_SIZE], const struct chunk_loc *loc)
@@ -233,14 +235,26 @@ static int index_load_tail(struct chunkstore *cs, bool full)
 	CLEANUP_FREE uint8_t *buf = NULL;
 	const size_t bufrecs = 16384;
 
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
+	if (fd < 0) {
+		if (errno != ENOENT)
+			return -errno;
+		/* No index yet: nothing is stored, whatever the table held. */
+		if (full) {
+			table_clear(cs);
+			cs->index_size = 0;
+			cs->index_ino = 0;
+		}
+		return 0;
+	}
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (full || st.st_ino != cs->index_ino) {
 		uint8_t h[INDEX_HEADER_SIZE], want[INDEX_HEADER_SIZE];
 		int r;
 
+		/* A new index (gc) may name packs by numbers that were
+		 * reused: cached descriptors could be of deleted files. */
+		forget_pack_fds(cs);
 		table_clear(cs);
 		cs->index_size = 0;
 		cs->index_ino = st.st_ino;
@@ -542,6 +556,30 @@ int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, s
 	if (r < 0)
 		return r;
 	r = record_decode(cs->region->store, rec, id, &loc, buf, &what);
+	if (r == -EBADMSG && !cs->writing) {
+		/* Perhaps gc moved it under us: look again with a fresh index. */
+		struct chunk_loc again;
+		bool moved;
+
+		{
+			ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+			struct cs_entry *e;
+
+			index_load_tail(cs, true);
+			e = table_find(cs, id);
+			moved = e && (e->loc.pack != loc.pack || e->loc.offset != loc.offset);
+			if (e)
+				again = e->loc;
+		}
+		if (moved) {
+			free(rec);
+			rec = NULL;
+			loc = again;
+			r = read_record(cs, id, &loc, &rec);
+			if (r == 0)
+				r = record_decode(cs->region->store, rec, id, &loc, buf, &what);
+		}
+	}
 	if (r < 0)
 		debug("chunkstore: pack %08x offset %llu: %s", loc.pack,
 		      (unsigned long long)loc.offset, what);

@@ -104,7 +104,7 @@ int manifest_read(int dirfd, const char *name, struct manifest **ret_m)
 	nchunks = le64toh(nchunks);
 	v32 = le32toh(v32);
 	if (v32 < KILN_MIN_CHUNK_SIZE || v32 > KILN_MAX_CHUNK_SIZE || (v32 & (v32 - 1)) ||
-	    nchunks != DIV_ROUND_UP(size, v32) ||
+	    nchunks != size / v32 + (size % v32 != 0) ||
 	    len != MANIFEST_HEADER_SIZE + nchunks * CHUNK_ID_SIZE + MANIFEST_TRAILER_SIZE)
 		return -EBADMSG;
 	m = manifest_new(size, v32);

@@ -105,7 +105,7 @@ static int decode_header(struct vmap *m, const uint8_t *h, bool *ret_clean)
 	memcpy(m->parent_id, h + 72, 31);
 	if (m->chunk_size < KILN_MIN_CHUNK_SIZE || m->chunk_size > KILN_MAX_CHUNK_SIZE ||
 	    (m->chunk_size & (m->chunk_size - 1)) ||
-	    m->nchunks != DIV_ROUND_UP(m->size, m->chunk_size))
+	    m->nchunks != m->size / m->chunk_size + (m->size % m->chunk_size != 0))
 		return -EBADMSG;
 	return 0;
 }

@@ -286,6 +286,33 @@ int kiln_volume_list(struct kiln_region *rg,
 
 /* ---- open / close ---------------------------------------------------- */
 
+static int punch(struct kiln_volume *v, uint64_t off, uint64_t len);
+
+/* After a crash the overlay may hold bytes a writer never flushed, under
+ * chunks the map still calls ZERO. Writes into a ZERO chunk trust its
+ * range to be a hole, so make it one again. */
+static int punch_zero_chunks(struct kiln_volume *v)
+{
+	uint32_t cs = v->map->chunk_size;
+
+	for (uint64_t i = 0; i < v->map->nchunks;) {
+		uint64_t j = i;
+		int r;
+
+		while (j < v->map->nchunks && vmap_state(v->map, j) == CHUNK_ZERO)
+			j++;
+		if (j > i) {
+			r = punch(v, i * cs, MIN(j * (uint64_t)cs, v->map->size) - i * cs);
+			if (r < 0)
+				return r;
+			i = j;
+		} else {
+			i++;
+		}
+	}
+	return 0;
+}
+
 int kiln_volume_open(struct kiln_region *rg, const char *id, unsigned flags,
 		     struct kiln_volume **ret_volume)
 {
@@ -346,6 +373,11 @@ int kiln_volume_open(struct kiln_region *rg, const char *id, unsigned flags,
 	if (!v->zero_chunk) {
 		r = -ENOMEM;
 		goto out_close;
+	}
+	if (v->map->was_unclean) {
+		r = punch_zero_chunks(v);
+		if (r < 0)
+			goto out_close;
 	}
 	*ret_volume = v;
 	return 0;
@@ -796,6 +828,8 @@ int kiln_volume_submit(struct kiln_volume *v, struct kiln_io *ios, size_t n)
 
 		if (r == 0 && io->op == KILN_IO_WRITE && !v->writable)
 			r = -EROFS;
+		if (r == 0 && !io->buf)
+			r = -EINVAL;
 		if (r == 0 && (io->op == KILN_IO_READ || io->op == KILN_IO_WRITE))
 			r = io->op == KILN_IO_READ ? plan_read(v, pl, io->buf, io->count, io->offset, k)
 						   : plan_write(v, pl, io->buf, io->count, io->offset, k);
