@@ -43,8 +43,45 @@ static int source_size(int fd, uint64_t *ret_size)
 	return 0;
 }
 
+/* Where the image has holes (a sparse file), chunks that lie wholly in
+ * one are zero without being read. A cursor caches the data extent found
+ * by the last SEEK_DATA/SEEK_HOLE. */
+struct holes {
+	int fd;
+	uint64_t size;
+	uint64_t data_start, data_end;  /* next data extent at or after the last look */
+	bool unsupported;
+};
+
+static bool in_hole(struct holes *h, uint64_t off, uint64_t len)
+{
+	if (h->unsupported)
+		return false;
+	if (off >= h->data_end) {
+		off_t d = lseek(h->fd, (off_t)off, SEEK_DATA);
+
+		if (d < 0 && errno == ENXIO) {
+			h->data_start = h->data_end = h->size;  /* a hole to the end */
+		} else if (d < 0) {
+			h->unsupported = true;
+			return false;
+		} else {
+			off_t e = lseek(h->fd, d, SEEK_HOLE);
+
+			h->data_start = (uint64_t)d;
+			h->data_end = e < 0 ? h->size : (uint64_t)e;
+			if (h->data_end <= h->data_start)
+				h->data_end = h->size;
+		}
+		if (h->data_start == h->size)
+			h->data_end = UINT64_MAX;
+	}
+	return off + len <= h->data_start;
+}
+
 /* Read the image a batch at a time, batch k+1 in flight while batch k is
- * processed by the capture and then handed to fn. */
+ * processed by the capture and then handed to fn. Chunks in holes are
+ * not read: their slot is skipped, with a zero id. */
 static int scan_image(int fd, uint64_t size, struct capture *c,
 		      int (*fn)(void *opaque, struct capture_slot *slots, size_t n), void *opaque,
 		      kiln_progress_fn progress, void *popaque)
@@ -53,8 +90,13 @@ static int scan_image(int fd, uint64_t size, struct capture *c,
 	uint64_t nchunks = DIV_ROUND_UP(size, cs);
 	uint64_t nb = DIV_ROUND_UP(nchunks, CAPTURE_BATCH);
 	struct io_req reqs[2][CAPTURE_BATCH];
+	size_t nreqs[2] = { 0, 0 };
+	struct holes h = { .fd = fd, .size = size };
+	struct stat st;
 	int r = 0;
 
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		h.unsupported = true;
 	for (uint64_t b = 0; b <= nb; b++) {
 		int set = (int)(b & 1);
 
@@ -66,16 +108,22 @@ static int scan_image(int fd, uint64_t size, struct capture *c,
 		if (b < nb) {
 			size_t n = (size_t)MIN((uint64_t)CAPTURE_BATCH, nchunks - b * CAPTURE_BATCH);
 
+			nreqs[set] = 0;
 			for (size_t k = 0; k < n; k++) {
 				uint64_t i = b * CAPTURE_BATCH + k;
+				struct capture_slot *s = &c->slots[set][k];
 
-				c->slots[set][k].index = i;
-				c->slots[set][k].skip = false;
-				reqs[set][k] = (struct io_req){ .fd = fd, .op = IO_READ,
-								.buf = c->slots[set][k].data,
-								.len = cs, .off = i * cs };
+				s->index = i;
+				s->skip = in_hole(&h, i * cs, MIN((uint64_t)cs, size - i * cs));
+				if (s->skip) {
+					memset(s->id, 0, CHUNK_ID_SIZE);
+					continue;
+				}
+				reqs[set][nreqs[set]++] = (struct io_req){ .fd = fd, .op = IO_READ,
+									   .buf = s->data, .len = cs,
+									   .off = i * cs };
 			}
-			r = io_start(reqs[set], n);
+			r = io_start(reqs[set], nreqs[set]);
 			if (r < 0) {
 				io_finish();
 				return r;
@@ -85,7 +133,7 @@ static int scan_image(int fd, uint64_t size, struct capture *c,
 			int prev = 1 - set;
 			size_t n = (size_t)MIN((uint64_t)CAPTURE_BATCH, nchunks - (b - 1) * CAPTURE_BATCH);
 
-			for (size_t k = 0; k < n; k++) {
+			for (size_t k = 0; k < nreqs[prev]; k++) {
 				struct io_req *q = &reqs[prev][k];
 				uint64_t want = MIN((uint64_t)cs, size - q->off);
 
@@ -185,7 +233,7 @@ static int update_chunks(void *opaque, struct capture_slot *slots, size_t n)
 		uint64_t i = s->index, off = i * cs;
 		uint32_t len = (uint32_t)MIN((uint64_t)cs, v->map->size - off);
 		enum chunk_state st = vmap_state(v->map, i);
-		bool zero = chunk_id_is_zero(s->id), same;
+		bool zero = s->skip || chunk_id_is_zero(s->id), same;
 		int r;
 
 		if (st == CHUNK_ZERO) {
@@ -196,7 +244,8 @@ static int update_chunks(void *opaque, struct capture_slot *slots, size_t n)
 			r = volume_read_locked(v, u->tmp, len, off);
 			if (r < 0)
 				return r;
-			same = memcmp(u->tmp, s->data, len) == 0;
+			/* a skipped slot was never read: it is zero */
+			same = zero ? buf_is_zero(u->tmp, len) : memcmp(u->tmp, s->data, len) == 0;
 		}
 		if (same)
 			continue;
