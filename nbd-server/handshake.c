@@ -17,11 +17,14 @@
 #define BASE_ALLOCATION "base:allocation"
 #define BASE_ALLOCATION_ID 1
 
-uint16_t transmission_flags(const struct export *e)
+uint16_t transmission_flags(const struct conn *c, const struct export *e)
 {
 	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
-		     NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+		     NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
 
+	/* DF only means something with structured replies (proto.md). */
+	if (c->structured)
+		f |= NBD_FLAG_SEND_DF;
 	if (e->read_only)
 		f |= NBD_FLAG_READ_ONLY;
 	else
@@ -78,7 +81,7 @@ static int send_info(struct conn *c, uint32_t option, uint16_t type, const struc
 	switch (type) {
 	case NBD_INFO_EXPORT: {
 		uint64_t size = htobe64(e->size);
-		uint16_t flags = htobe16(transmission_flags(e));
+		uint16_t flags = htobe16(transmission_flags(c, e));
 
 		memcpy(buf + 2, &size, 8);
 		memcpy(buf + 10, &flags, 2);
@@ -174,7 +177,7 @@ static int do_info_go(struct conn *c, uint32_t option, const uint8_t *data, uint
 	if (option == NBD_OPT_GO) {
 		c->exp = e;
 		c->block_size_negotiated = want_block_size;
-		c->tflags = transmission_flags(e);
+		c->tflags = transmission_flags(c, e);
 		snprintf(c->export_name, sizeof c->export_name, "%s", name);
 		return 1;       /* transmission starts */
 	}
@@ -261,7 +264,7 @@ static int do_export_name(struct conn *c, const uint8_t *data, uint32_t len)
 	}
 	c->exp = e;
 	c->min_block = 1;
-	c->tflags = transmission_flags(e);
+	c->tflags = transmission_flags(c, e);
 	snprintf(c->export_name, sizeof c->export_name, "%s", name);
 	size = htobe64(e->size);
 	flags = htobe16(c->tflags);
@@ -305,12 +308,12 @@ int handshake(struct conn *c)
 	if (conn_write(c, hello, sizeof hello) < 0 || conn_read(c, &cflags, 4) < 0)
 		return -1;
 	cflags = be32toh(cflags);
-	if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) ||
-	    (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))) {
-		debug("handshake: client flags 0x%x refused", cflags);
+	if (cflags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
+		debug("handshake: unknown client flags 0x%x refused", cflags);
 		return -1;
 	}
 	c->no_zeroes = cflags & NBD_FLAG_C_NO_ZEROES;
+	c->fixed = cflags & NBD_FLAG_C_FIXED_NEWSTYLE;
 
 	for (int count = 0; count < 1024; count++) {
 		struct nbd_new_option o;
@@ -326,6 +329,12 @@ int handshake(struct conn *c)
 		option = be32toh(o.option);
 		len = be32toh(o.length);
 		debug("option %u, %u bytes", option, len);
+		/* Plain newstyle clients know only EXPORT_NAME; anything else
+		 * cannot be answered, so it ends the connection. */
+		if (!c->fixed && option != NBD_OPT_EXPORT_NAME) {
+			debug("option %u from a client without fixed newstyle: closing", option);
+			return -1;
+		}
 		if (len > MAX_OPTION_SIZE) {
 			if (option == NBD_OPT_EXPORT_NAME || skip(c, len) < 0)
 				return -1;

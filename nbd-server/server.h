@@ -69,6 +69,7 @@ struct conn {
 	bool meta_alloc;                /* base:allocation selected */
 	bool block_size_negotiated;     /* client asked for NBD_INFO_BLOCK_SIZE */
 	bool no_zeroes;
+	bool fixed;                     /* the client speaks fixed newstyle */
 	uint16_t tflags;                /* transmission flags we sent */
 	uint32_t min_block;
 	char export_name[MAX_STRING + 1];
@@ -77,7 +78,7 @@ struct conn {
 /* handshake.c: fixed newstyle negotiation. 0 when the client entered
  * transmission (c->exp is set), -1 when the connection must close. */
 int handshake(struct conn *c);
-uint16_t transmission_flags(const struct export *e);
+uint16_t transmission_flags(const struct conn *c, const struct export *e);
 
 /* transmit.c: serve requests until the client disconnects or we stop. */
 void transmit(struct conn *c);

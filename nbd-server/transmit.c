@@ -220,12 +220,15 @@ int request_validate(const struct conn *c, const struct nbd_request *req)
 	if (req->count == 0)
 		return NBD_EINVAL;
 	if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) && req->count > MAX_REQUEST_SIZE)
-		return req->type == NBD_CMD_READ ? NBD_EINVAL : NBD_EOVERFLOW;
+		return NBD_EINVAL;
 	if (c->block_size_negotiated && c->min_block > 1 &&
 	    (req->offset % c->min_block || req->count % c->min_block))
 		return NBD_EINVAL;
+	/* Past the end: ENOSPC for what would write data there, as
+	 * proto.md asks, EINVAL for everything else. */
 	if (req->offset > e->size || req->count > e->size - req->offset)
-		return writes ? NBD_ENOSPC : NBD_EINVAL;
+		return req->type == NBD_CMD_WRITE || req->type == NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC
+										: NBD_EINVAL;
 	return 0;
 }
 
@@ -659,7 +662,7 @@ void transmit(struct conn *c)
 					t.ipos += n;
 					left -= n;
 				}
-				if (error_reply(&t, &req, err ? err : NBD_EOVERFLOW) < 0)
+				if (error_reply(&t, &req, err ? err : NBD_EINVAL) < 0)
 					break;
 				continue;
 			}
