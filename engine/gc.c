@@ -165,7 +165,7 @@ static bool keep_live(void *opaque, const uint8_t id[CHUNK_ID_SIZE])
 	return idset_has(opaque, id);
 }
 
-int kiln_region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
+static int region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
 {
 	struct gc_ctx g = { .rg = rg };
 	struct kiln_gc_result res = { 0 };
@@ -186,5 +186,14 @@ int kiln_region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
 	free(g.live.used);
 	if (r == 0)
 		*ret_result = res;
+	return r;
+}
+
+int kiln_region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
+{
+	int r = region_gc(rg, ret_result);
+
+	if (r == -ENOSPC && region_release_reserve(rg))
+		r = region_gc(rg, ret_result);
 	return r;
 }

@@ -114,6 +114,9 @@ void chunk_hash(const struct kiln_store *store, const void *buf, size_t len,
  * Taking it also clears what a crashed writer left pending. */
 int region_lock(struct kiln_region *region);
 void region_unlock(struct kiln_region *region);
+void region_reap_if_idle(struct kiln_region *region);
+/* Give back the region's reserve after an ENOSPC; true if there was one. */
+bool region_release_reserve(struct kiln_region *region);
 /* -EXDEV when id exists in another region of the store, else -ENOENT. */
 int region_missing_id(struct kiln_region *region, const char *id);
 

@@ -116,6 +116,33 @@ static int adopt_parent(struct kiln_volume *v, const char *mname, struct manifes
 	return 0;
 }
 
+/* A crash between a snapshot's catalog commit and adopt_parent() leaves
+ * the volume on its older parent. The newer one is as good a base: it
+ * has the same ids for every chunk not dirty since the older one, and
+ * after the crash every LOCAL chunk counts as dirty. Take it now, so the
+ * next snapshot names the right parent. */
+static void catch_up_parent(struct kiln_volume *v)
+{
+	struct kiln_volume_info info;
+	struct manifest *m;
+	CLEANUP_FREE char *mname = NULL;
+
+	if (catalog_volume_get(v->region->cat, v->id, &info) < 0 || !info.last_snapshot_id[0] ||
+	    strcmp(info.last_snapshot_id, v->map->parent_id) == 0)
+		return;
+	mname = manifest_name(info.last_snapshot_id);
+	if (!mname || snapshot_manifest(v->region, info.last_snapshot_id, &m) < 0)
+		return;
+	if (m->nchunks != v->map->nchunks || adopt_parent(v, mname, m) < 0) {
+		manifest_free(m);
+		return;
+	}
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
+	snprintf(v->map->parent_id, sizeof v->map->parent_id, "%s", info.last_snapshot_id);
+	v->map->header_dirty = true;
+	debug("volume %s: parent caught up to %s", v->id, info.last_snapshot_id);
+}
+
 int kiln_volume_snapshot(struct kiln_volume *v, const char *account, const char *description,
 			 kiln_progress_fn progress, void *opaque, char ret_id[KILN_ID_MAX])
 {
@@ -137,6 +164,7 @@ int kiln_volume_snapshot(struct kiln_volume *v, const char *account, const char 
 	if (r < 0)
 		return r;
 	pthread_rwlock_wrlock(&v->io_lock);     /* the point in time */
+	catch_up_parent(v);
 
 	m = manifest_new(v->map->size, v->map->chunk_size);
 	todo = malloc((v->map->nchunks ? v->map->nchunks : 1) * sizeof *todo);
@@ -283,16 +311,21 @@ int kiln_snapshot_describe(struct kiln_region *rg, const char *id, struct kiln_s
 	if (!kiln_id_valid(id, "snap"))
 		return -EINVAL;
 	r = catalog_snapshot_get(rg->cat, id, ret_info);
+	if (r == 0 && ret_info->state == KILN_SNAPSHOT_PENDING) {
+		region_reap_if_idle(rg);
+		r = catalog_snapshot_get(rg->cat, id, ret_info);
+	}
 	return r < 0 ? lookup_error(rg, id, r) : 0;
 }
 
 int kiln_snapshot_list(struct kiln_region *rg,
 		       int (*fn)(void *opaque, const struct kiln_snapshot_info *info), void *opaque)
 {
+	region_reap_if_idle(rg);
 	return catalog_snapshot_list(rg->cat, fn, opaque);
 }
 
-int kiln_snapshot_delete(struct kiln_region *rg, const char *id)
+static int snapshot_delete(struct kiln_region *rg, const char *id)
 {
 	struct kiln_snapshot_info info;
 	CLEANUP_FREE char *mname = NULL;
@@ -316,6 +349,15 @@ int kiln_snapshot_delete(struct kiln_region *rg, const char *id)
 		fsync_dir(rg->manifests_dirfd);
 	}
 	region_unlock(rg);
+	return r;
+}
+
+int kiln_snapshot_delete(struct kiln_region *rg, const char *id)
+{
+	int r = snapshot_delete(rg, id);
+
+	if (r == -ENOSPC && region_release_reserve(rg))
+		r = snapshot_delete(rg, id);
 	return r;
 }
 

@@ -295,6 +295,9 @@ int kiln_store_list_regions(struct kiln_store *s, int (*fn)(void *opaque, const 
 	return r;
 }
 
+static int truncate_at(int dirfd, const char *name);
+static void reserve_restore(struct kiln_region *rg);
+
 int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region **ret_region)
 {
 	struct kiln_region *rg;
@@ -332,6 +335,7 @@ int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region 
 	r = cs_open(rg, &rg->cs);
 	if (r < 0)
 		goto out_close;
+	reserve_restore(rg);
 	*ret_region = rg;
 	return 0;
 out_close:
@@ -366,6 +370,7 @@ struct kiln_store *kiln_region_store(struct kiln_region *rg)
 	return rg->store;
 }
 
+
 /* Remove what a writer that died with the lock left behind: pending
  * catalog rows and temporary files. We hold the lock, so none is live. */
 static void clean_after_crash(struct kiln_region *rg)
@@ -396,6 +401,48 @@ static void clean_after_crash(struct kiln_region *rg)
 	}
 }
 
+/* A pending row is stale when no writer holds the region lock: take it
+ * without waiting, and if we get it, clean up. Readers call this so a
+ * snapshot whose writer died never shows as pending. */
+void region_reap_if_idle(struct kiln_region *rg)
+{
+	if (rg->lock_depth > 0 || flock(rg->lock_fd, LOCK_EX | LOCK_NB) < 0)
+		return;
+	clean_after_crash(rg);
+	flock(rg->lock_fd, LOCK_UN);
+}
+
+/* The reserve: a few MiB allocated at init and given back when a delete
+ * or gc meets a full disk, so that removing things (which needs a little
+ * room: SQLite's journal, a new index) works when nothing else does. */
+#define RESERVE_NAME "reserve"
+#define RESERVE_SIZE (8 << 20)
+
+static void reserve_restore(struct kiln_region *rg)
+{
+	struct stat st;
+	int fd = openat(rg->dirfd, RESERVE_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) == 0 && st.st_size < RESERVE_SIZE &&
+	    fallocate(fd, 0, 0, RESERVE_SIZE) < 0)
+		debug("region %s: reserve: %s", rg->name, strerror(errno));
+	close(fd);
+}
+
+bool region_release_reserve(struct kiln_region *rg)
+{
+	struct stat st;
+
+	if (fstatat(rg->dirfd, RESERVE_NAME, &st, 0) < 0 || st.st_size == 0)
+		return false;
+	if (truncate_at(rg->dirfd, RESERVE_NAME) < 0)
+		return false;
+	debug("region %s: disk full: reserve released", rg->name);
+	return true;
+}
+
 int region_lock(struct kiln_region *rg)
 {
 	if (rg->lock_depth++ > 0)
@@ -414,6 +461,18 @@ void region_unlock(struct kiln_region *rg)
 {
 	if (--rg->lock_depth == 0)
 		flock(rg->lock_fd, LOCK_UN);
+}
+
+static int truncate_at(int dirfd, const char *name)
+{
+	int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+	int r;
+
+	if (fd < 0)
+		return -errno;
+	r = ftruncate(fd, 0) < 0 ? -errno : 0;
+	close(fd);
+	return r;
 }
 
 static int check_region(void *opaque, const char *name)

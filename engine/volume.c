@@ -185,7 +185,7 @@ static bool volume_idle(struct kiln_region *rg, const char *id)
 	return !vmap_locked(fd);
 }
 
-int kiln_volume_delete(struct kiln_region *rg, const char *id)
+static int volume_delete(struct kiln_region *rg, const char *id)
 {
 	struct kiln_volume_info info;
 	CLEANUP_FREE char *map = NULL;
@@ -214,6 +214,15 @@ int kiln_volume_delete(struct kiln_region *rg, const char *id)
 	if (r == 0)
 		unlink_volume_files(rg, id);
 	region_unlock(rg);
+	return r;
+}
+
+int kiln_volume_delete(struct kiln_region *rg, const char *id)
+{
+	int r = volume_delete(rg, id);
+
+	if (r == -ENOSPC && region_release_reserve(rg))
+		r = volume_delete(rg, id);
 	return r;
 }
 
