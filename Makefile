@@ -10,7 +10,7 @@ DESTDIR  ?=
 SAN      ?=
 WERROR   ?= -Werror
 
-PKGS     := liburing libzstd libxxhash sqlite3
+PKGS     := liburing libzstd libxxhash sqlite3 blkid
 WARN     := -Wall -Wextra -Wshadow -Wvla -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
             -Wpointer-arith -Wwrite-strings -Wundef -Wno-missing-field-initializers
 CPPFLAGS += -D_GNU_SOURCE -MMD -MP -Iengine/include -Iengine $(shell pkg-config --cflags $(PKGS))

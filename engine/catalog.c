@@ -13,7 +13,7 @@
 #include "internal.h"
 
 #define CATALOG_NAME "catalog.db"
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 
 struct catalog {
 	sqlite3 *db;
@@ -48,6 +48,59 @@ static const char schema_v1[] =
 	"  bytes_new_stored INTEGER NOT NULL DEFAULT 0"
 	");"
 	"CREATE INDEX snapshots_by_volume ON snapshots(volume_id);";
+
+/* Version 2: images, their mappings, launch permissions, tags, and
+ * snapshot sharing. */
+static const char schema_v2[] =
+	"ALTER TABLE snapshots ADD COLUMN public INTEGER NOT NULL DEFAULT 0;"
+	"CREATE TABLE snapshot_permissions ("
+	"  snapshot_id TEXT NOT NULL,"
+	"  user_id TEXT NOT NULL,"
+	"  PRIMARY KEY (snapshot_id, user_id)"
+	");"
+	"CREATE TABLE images ("
+	"  id TEXT PRIMARY KEY,"
+	"  name TEXT NOT NULL,"
+	"  owner TEXT NOT NULL,"
+	"  state TEXT NOT NULL,"
+	"  state_reason TEXT NOT NULL DEFAULT '',"
+	"  description TEXT NOT NULL DEFAULT '',"
+	"  architecture TEXT NOT NULL DEFAULT '',"
+	"  boot_mode TEXT NOT NULL DEFAULT '',"
+	"  virtualization_type TEXT NOT NULL DEFAULT 'hvm',"
+	"  root_device_name TEXT NOT NULL,"
+	"  creation_time INTEGER NOT NULL,"
+	"  source_image_id TEXT NOT NULL DEFAULT '',"
+	"  source_image_region TEXT NOT NULL DEFAULT '',"
+	"  public INTEGER NOT NULL DEFAULT 0,"
+	"  probe TEXT NOT NULL DEFAULT '{}'"
+	");"
+	"CREATE UNIQUE INDEX images_by_owner_name ON images(owner, name);"
+	"CREATE TABLE image_mappings ("
+	"  image_id TEXT NOT NULL,"
+	"  position INTEGER NOT NULL,"
+	"  device_name TEXT NOT NULL,"
+	"  virtual_name TEXT NOT NULL DEFAULT '',"
+	"  no_device INTEGER NOT NULL DEFAULT 0,"
+	"  ebs INTEGER NOT NULL DEFAULT 0,"
+	"  snapshot_id TEXT NOT NULL DEFAULT '',"
+	"  volume_size INTEGER NOT NULL DEFAULT 0,"
+	"  delete_on_termination INTEGER NOT NULL DEFAULT 1,"
+	"  volume_type TEXT NOT NULL DEFAULT 'gp3',"
+	"  PRIMARY KEY (image_id, position)"
+	");"
+	"CREATE INDEX image_mappings_by_snapshot ON image_mappings(snapshot_id);"
+	"CREATE TABLE launch_permissions ("
+	"  image_id TEXT NOT NULL,"
+	"  user_id TEXT NOT NULL,"
+	"  PRIMARY KEY (image_id, user_id)"
+	");"
+	"CREATE TABLE tags ("
+	"  resource_id TEXT NOT NULL,"
+	"  key TEXT NOT NULL,"
+	"  value TEXT NOT NULL,"
+	"  PRIMARY KEY (resource_id, key)"
+	");";
 
 static const char *const volume_states[] = {
 	[KILN_VOLUME_CREATING] = "creating",
@@ -145,6 +198,8 @@ static int migrate(struct catalog *cat)
 		return exec(cat, "COMMIT");
 	if (version < 1)
 		r = exec(cat, schema_v1);
+	if (r == 0 && version < 2)
+		r = exec(cat, schema_v2);
 	if (r == 0) {
 		char sql[64];
 
@@ -436,6 +491,373 @@ int catalog_exists(struct catalog *cat, const char *id)
 	sqlite3_stmt *st = NULL;
 	int r = run(cat, &st, "SELECT 1 FROM volumes WHERE id = ?1 UNION ALL "
 			      "SELECT 1 FROM snapshots WHERE id = ?1", "s", id);
+
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* ---- images ---------------------------------------------------------- */
+
+#define IMAGE_COLUMNS "id, name, owner, state, state_reason, description, architecture, " \
+	"boot_mode, virtualization_type, root_device_name, creation_time, source_image_id, " \
+	"source_image_region, public, probe"
+
+static int image_details(struct catalog *cat, struct kiln_image_info *im)
+{
+	sqlite3_stmt *st = NULL;
+	int r;
+
+	im->nmappings = 0;
+	r = run(cat, &st, "SELECT device_name, virtual_name, no_device, ebs, snapshot_id, volume_size, "
+		"delete_on_termination, volume_type FROM image_mappings WHERE image_id = ? "
+		"ORDER BY position", "s", im->id);
+	while (r == 1 && im->nmappings < KILN_MAX_MAPPINGS) {
+		struct kiln_bdm *m = &im->mappings[im->nmappings++];
+		int rc;
+
+		memset(m, 0, sizeof *m);
+		copy_text(m->device_name, sizeof m->device_name, st, 0);
+		copy_text(m->virtual_name, sizeof m->virtual_name, st, 1);
+		m->no_device = sqlite3_column_int(st, 2);
+		m->ebs = sqlite3_column_int(st, 3);
+		copy_text(m->snapshot_id, sizeof m->snapshot_id, st, 4);
+		m->volume_size = (uint64_t)sqlite3_column_int64(st, 5);
+		m->delete_on_termination = sqlite3_column_int(st, 6);
+		copy_text(m->volume_type, sizeof m->volume_type, st, 7);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "mappings");
+	}
+	sqlite3_finalize(st);
+	if (r < 0)
+		return r;
+
+	im->ntags = 0;
+	st = NULL;
+	r = run(cat, &st, "SELECT key, value FROM tags WHERE resource_id = ? ORDER BY key", "s", im->id);
+	while (r == 1 && im->ntags < KILN_MAX_TAGS) {
+		struct kiln_tag *t = &im->tags[im->ntags++];
+		int rc;
+
+		copy_text(t->key, sizeof t->key, st, 0);
+		copy_text(t->value, sizeof t->value, st, 1);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "tags");
+	}
+	sqlite3_finalize(st);
+	if (r < 0)
+		return r;
+
+	im->nlaunch_users = 0;
+	st = NULL;
+	r = run(cat, &st, "SELECT user_id FROM launch_permissions WHERE image_id = ? ORDER BY user_id",
+		"s", im->id);
+	while (r == 1 && im->nlaunch_users < KILN_MAX_LAUNCH_USERS) {
+		int rc;
+
+		copy_text(im->launch_users[im->nlaunch_users++], KILN_ACCOUNT_LEN + 1, st, 0);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "permissions");
+	}
+	sqlite3_finalize(st);
+	return r < 0 ? r : 0;
+}
+
+static void image_from_row(struct catalog *cat, sqlite3_stmt *st, struct kiln_image_info *im)
+{
+	memset(im, 0, sizeof *im);
+	copy_text(im->id, sizeof im->id, st, 0);
+	copy_text(im->name, sizeof im->name, st, 1);
+	copy_text(im->owner, sizeof im->owner, st, 2);
+	copy_text(im->state, sizeof im->state, st, 3);
+	copy_text(im->state_reason, sizeof im->state_reason, st, 4);
+	copy_text(im->description, sizeof im->description, st, 5);
+	copy_text(im->architecture, sizeof im->architecture, st, 6);
+	copy_text(im->boot_mode, sizeof im->boot_mode, st, 7);
+	copy_text(im->virtualization_type, sizeof im->virtualization_type, st, 8);
+	copy_text(im->root_device_name, sizeof im->root_device_name, st, 9);
+	im->creation_time = sqlite3_column_int64(st, 10);
+	copy_text(im->source_image_id, sizeof im->source_image_id, st, 11);
+	copy_text(im->source_image_region, sizeof im->source_image_region, st, 12);
+	im->public = sqlite3_column_int(st, 13);
+	copy_text(im->probe, sizeof im->probe, st, 14);
+	snprintf(im->region, sizeof im->region, "%s", cat->region);
+}
+
+static int insert_mapping(struct catalog *cat, const char *image_id, int position, const struct kiln_bdm *m)
+{
+	return run(cat, NULL, "INSERT INTO image_mappings (image_id, position, device_name, virtual_name, "
+		   "no_device, ebs, snapshot_id, volume_size, delete_on_termination, volume_type) "
+		   "VALUES (?,?,?,?,?,?,?,?,?,?)", "sissiisiis", image_id, (int64_t)position,
+		   m->device_name, m->virtual_name, (int64_t)m->no_device, (int64_t)m->ebs, m->snapshot_id,
+		   (int64_t)m->volume_size, (int64_t)m->delete_on_termination, m->volume_type);
+}
+
+/* Insert an image with its mappings and tags, in one transaction. */
+int catalog_image_insert(struct catalog *cat, const struct kiln_image_info *im)
+{
+	int r = catalog_begin(cat);
+
+	if (r < 0)
+		return r;
+	r = run(cat, NULL, "INSERT INTO images (" IMAGE_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+		"ssssssssssissis", im->id, im->name, im->owner, im->state, im->state_reason,
+		im->description, im->architecture, im->boot_mode, im->virtualization_type,
+		im->root_device_name, im->creation_time, im->source_image_id, im->source_image_region,
+		(int64_t)im->public, im->probe);
+	for (size_t i = 0; r == 0 && i < im->nmappings; i++)
+		r = insert_mapping(cat, im->id, (int)i, &im->mappings[i]);
+	for (size_t i = 0; r == 0 && i < im->ntags; i++)
+		r = run(cat, NULL, "INSERT OR REPLACE INTO tags (resource_id, key, value) VALUES (?,?,?)",
+			"sss", im->id, im->tags[i].key, im->tags[i].value);
+	for (size_t i = 0; r == 0 && i < im->nlaunch_users; i++)
+		r = run(cat, NULL, "INSERT OR IGNORE INTO launch_permissions VALUES (?,?)", "ss", im->id,
+			im->launch_users[i]);
+	if (r < 0) {
+		catalog_rollback(cat);
+		return r;
+	}
+	return catalog_commit(cat);
+}
+
+int catalog_image_get(struct catalog *cat, const char *id, struct kiln_image_info *ret_info)
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT " IMAGE_COLUMNS " FROM images WHERE id = ?", "s", id);
+
+	if (r == 1)
+		image_from_row(cat, st, ret_info);
+	sqlite3_finalize(st);
+	if (r == 1)
+		return image_details(cat, ret_info);
+	return r < 0 ? r : -ENOENT;
+}
+
+int catalog_image_list(struct catalog *cat, int (*fn)(void *opaque, const struct kiln_image_info *info),
+		       void *opaque)
+{
+	sqlite3_stmt *st = NULL;
+	struct kiln_image_info *im = malloc(sizeof *im);
+	char (*ids)[KILN_ID_MAX] = NULL;
+	size_t n = 0, cap = 0;
+	int r;
+
+	if (!im)
+		return -ENOMEM;
+	/* Ids first, then each image whole: no statement stays open while
+	 * fn runs (it may touch the catalog). */
+	r = run(cat, &st, "SELECT id FROM images ORDER BY creation_time, id", "");
+	while (r == 1) {
+		int rc;
+
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			void *p = realloc(ids, ncap * sizeof *ids);
+
+			if (!p) {
+				r = -ENOMEM;
+				break;
+			}
+			ids = p;
+			cap = ncap;
+		}
+		copy_text(ids[n++], KILN_ID_MAX, st, 0);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "images");
+	}
+	sqlite3_finalize(st);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		r = catalog_image_get(cat, ids[i], im);
+		if (r == -ENOENT) {
+			r = 0;          /* deregistered meanwhile */
+			continue;
+		}
+		if (r == 0)
+			r = fn(opaque, im);
+	}
+	free(ids);
+	free(im);
+	return r;
+}
+
+int catalog_image_set_state(struct catalog *cat, const char *id, const char *state, const char *reason)
+{
+	return changed_one(cat, run(cat, NULL, "UPDATE images SET state = ?, state_reason = ? WHERE id = ?",
+				    "sss", state, reason ? reason : "", id));
+}
+
+int catalog_image_set_description(struct catalog *cat, const char *id, const char *description)
+{
+	return changed_one(cat, run(cat, NULL, "UPDATE images SET description = ? WHERE id = ?", "ss",
+				    description, id));
+}
+
+int catalog_image_set_mapping_snapshot(struct catalog *cat, const char *id, int position,
+				       const char *snapshot_id)
+{
+	return changed_one(cat, run(cat, NULL, "UPDATE image_mappings SET snapshot_id = ? "
+				    "WHERE image_id = ? AND position = ?", "ssi", snapshot_id, id,
+				    (int64_t)position));
+}
+
+/* Launch permissions in one transaction: public flag and user sets. */
+int catalog_image_permissions(struct catalog *cat, const char *id, const char *const *add, size_t nadd,
+			      int set_public, const char *const *remove, size_t nremove, bool clear)
+{
+	int r = catalog_begin(cat);
+
+	if (r < 0)
+		return r;
+	if (clear)
+		r = run(cat, NULL, "DELETE FROM launch_permissions WHERE image_id = ?", "s", id);
+	for (size_t i = 0; r == 0 && i < nadd; i++)
+		r = run(cat, NULL, "INSERT OR IGNORE INTO launch_permissions VALUES (?,?)", "ss", id, add[i]);
+	for (size_t i = 0; r == 0 && i < nremove; i++)
+		r = run(cat, NULL, "DELETE FROM launch_permissions WHERE image_id = ? AND user_id = ?", "ss",
+			id, remove[i]);
+	if (r == 0 && set_public >= 0)
+		r = changed_one(cat, run(cat, NULL, "UPDATE images SET public = ? WHERE id = ?", "is",
+					 (int64_t)set_public, id));
+	if (r < 0) {
+		catalog_rollback(cat);
+		return r;
+	}
+	return catalog_commit(cat);
+}
+
+int catalog_image_delete(struct catalog *cat, const char *id)
+{
+	int r = catalog_begin(cat);
+
+	if (r < 0)
+		return r;
+	r = run(cat, NULL, "DELETE FROM image_mappings WHERE image_id = ?", "s", id);
+	if (r == 0)
+		r = run(cat, NULL, "DELETE FROM launch_permissions WHERE image_id = ?", "s", id);
+	if (r == 0)
+		r = run(cat, NULL, "DELETE FROM tags WHERE resource_id = ?", "s", id);
+	if (r == 0)
+		r = changed_one(cat, run(cat, NULL, "DELETE FROM images WHERE id = ?", "s", id));
+	if (r < 0) {
+		catalog_rollback(cat);
+		return r;
+	}
+	return catalog_commit(cat);
+}
+
+/* 1 when owner has an image called name (other than except_id). */
+int catalog_image_name_taken(struct catalog *cat, const char *owner, const char *name, const char *except_id)
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT 1 FROM images WHERE owner = ? AND name = ? AND id != ?", "sss",
+		    owner, name, except_id ? except_id : "");
+
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* An unfinished copy of source by owner under name: its id, or -ENOENT. */
+int catalog_image_find_copy(struct catalog *cat, const char *owner, const char *name,
+			    const char *source_id, const char *source_region, char ret_id[KILN_ID_MAX])
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT id FROM images WHERE owner = ? AND name = ? AND source_image_id = ? "
+		    "AND source_image_region = ? AND state != 'available'", "ssss", owner, name,
+		    source_id, source_region);
+
+	if (r == 1)
+		copy_text(ret_id, KILN_ID_MAX, st, 0);
+	sqlite3_finalize(st);
+	return r < 0 ? r : r == 1 ? 0 : -ENOENT;
+}
+
+/* Images whose mappings name snapshot_id: fn(opaque, image_id). */
+int catalog_snapshot_images(struct catalog *cat, const char *snapshot_id,
+			    int (*fn)(void *opaque, const char *image_id), void *opaque)
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT DISTINCT image_id FROM image_mappings WHERE snapshot_id = ? "
+		    "ORDER BY image_id", "s", snapshot_id);
+
+	while (r == 1) {
+		char id[KILN_ID_MAX];
+		int rc;
+
+		copy_text(id, sizeof id, st, 0);
+		r = fn(opaque, id);
+		if (r)
+			break;
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "snapshot images");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* Copies whose process died: failed, with a reason that says to resume. */
+int catalog_fail_pending_images(struct catalog *cat)
+{
+	int r = run(cat, NULL, "UPDATE images SET state = 'failed', state_reason = "
+		    "'the copy was interrupted: run the same kiln image copy again to resume it' "
+		    "WHERE state = 'pending'", "");
+
+	return r < 0 ? r : sqlite3_changes(cat->db);
+}
+
+/* ---- snapshot sharing ------------------------------------------------- */
+
+int catalog_snapshot_permissions(struct catalog *cat, const char *id, const char *const *add, size_t nadd,
+				 int set_public, const char *const *remove, size_t nremove)
+{
+	int r = catalog_begin(cat);
+
+	if (r < 0)
+		return r;
+	for (size_t i = 0; r == 0 && i < nadd; i++)
+		r = run(cat, NULL, "INSERT OR IGNORE INTO snapshot_permissions VALUES (?,?)", "ss", id, add[i]);
+	for (size_t i = 0; r == 0 && i < nremove; i++)
+		r = run(cat, NULL, "DELETE FROM snapshot_permissions WHERE snapshot_id = ? AND user_id = ?",
+			"ss", id, remove[i]);
+	if (r == 0 && set_public >= 0)
+		r = changed_one(cat, run(cat, NULL, "UPDATE snapshots SET public = ? WHERE id = ?", "is",
+					 (int64_t)set_public, id));
+	if (r < 0) {
+		catalog_rollback(cat);
+		return r;
+	}
+	return catalog_commit(cat);
+}
+
+/* "all" when public, then each account: fn(opaque, who). */
+int catalog_snapshot_permission_list(struct catalog *cat, const char *id,
+				     int (*fn)(void *opaque, const char *who), void *opaque)
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT 'all' FROM snapshots WHERE id = ?1 AND public = 1 UNION ALL "
+		    "SELECT user_id FROM (SELECT user_id FROM snapshot_permissions WHERE snapshot_id = ?1 "
+		    "ORDER BY user_id)", "s", id);
+
+	while (r == 1) {
+		char who[KILN_ACCOUNT_LEN + 1];
+		int rc;
+
+		copy_text(who, sizeof who, st, 0);
+		r = fn(opaque, who);
+		if (r)
+			break;
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "permissions");
+	}
+	sqlite3_finalize(st);
+	return r;
+}
+
+/* 1 when caller may use the snapshot (owner, listed, or public). */
+int catalog_snapshot_usable(struct catalog *cat, const char *id, const char *caller)
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT 1 FROM snapshots WHERE id = ?1 AND (owner = ?2 OR public = 1 OR "
+		    "EXISTS (SELECT 1 FROM snapshot_permissions WHERE snapshot_id = ?1 AND user_id = ?2))",
+		    "ss", id, caller);
 
 	sqlite3_finalize(st);
 	return r;

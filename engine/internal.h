@@ -275,6 +275,31 @@ int catalog_snapshot_list(struct catalog *cat,
 int catalog_drop_pending(struct catalog *cat);
 int catalog_exists(struct catalog *cat, const char *id);
 
+int catalog_image_insert(struct catalog *cat, const struct kiln_image_info *im);
+int catalog_image_get(struct catalog *cat, const char *id, struct kiln_image_info *ret_info);
+int catalog_image_list(struct catalog *cat, int (*fn)(void *opaque, const struct kiln_image_info *info),
+		       void *opaque);
+int catalog_image_set_state(struct catalog *cat, const char *id, const char *state, const char *reason);
+int catalog_image_set_description(struct catalog *cat, const char *id, const char *description);
+int catalog_image_set_mapping_snapshot(struct catalog *cat, const char *id, int position,
+				       const char *snapshot_id);
+/* set_public: 1 or 0 to set, -1 to leave; clear: drop every user first */
+int catalog_image_permissions(struct catalog *cat, const char *id, const char *const *add, size_t nadd,
+			      int set_public, const char *const *remove, size_t nremove, bool clear);
+int catalog_image_delete(struct catalog *cat, const char *id);
+int catalog_image_name_taken(struct catalog *cat, const char *owner, const char *name,
+			     const char *except_id);
+int catalog_image_find_copy(struct catalog *cat, const char *owner, const char *name,
+			    const char *source_id, const char *source_region, char ret_id[KILN_ID_MAX]);
+int catalog_snapshot_images(struct catalog *cat, const char *snapshot_id,
+			    int (*fn)(void *opaque, const char *image_id), void *opaque);
+int catalog_fail_pending_images(struct catalog *cat);
+int catalog_snapshot_permissions(struct catalog *cat, const char *id, const char *const *add, size_t nadd,
+				 int set_public, const char *const *remove, size_t nremove);
+int catalog_snapshot_permission_list(struct catalog *cat, const char *id,
+				     int (*fn)(void *opaque, const char *who), void *opaque);
+int catalog_snapshot_usable(struct catalog *cat, const char *id, const char *caller);
+
 /* ---- volume.c ------------------------------------------------------ */
 
 struct kiln_volume {

@@ -235,8 +235,17 @@ int kiln_volume_snapshot(struct kiln_volume *v, const char *account, const char 
 	manifest_written = true;
 	crash_point("snapshot:manifest-written");
 
-	for (uint64_t i = 0; i < m->nchunks; i++)
+	/* Changed: dirty chunks whose id is not the parent's any more (a
+	 * chunk written back to what it was, or zeroed, counts as it should). */
+	info.chunks_changed = 0;
+	for (uint64_t i = 0; i < m->nchunks; i++) {
+		static const uint8_t zero[CHUNK_ID_SIZE];
+		const uint8_t *old = v->parent && i < v->parent->nchunks ? v->parent->ids[i] : zero;
+
 		info.chunks_data += !chunk_id_is_zero(m->ids[i]);
+		if (vmap_dirty(v->map, i) && memcmp(old, m->ids[i], CHUNK_ID_SIZE) != 0)
+			info.chunks_changed++;
+	}
 	info.chunks_new = c.chunks_new;
 	info.bytes_new_stored = c.bytes_new_stored;
 	info.state = KILN_SNAPSHOT_COMPLETED;

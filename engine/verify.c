@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -64,9 +65,34 @@ static void check_one(void *arg, size_t i)
 struct problem {
 	uint8_t id[CHUNK_ID_SIZE];
 	const char *what;
+	char what_buf[160];     /* when what names a pack file */
 	char *users;            /* NUL-separated, double NUL at the end */
 	size_t users_len;
 };
+
+/* Say what is wrong with a chunk's record, naming its pack file. */
+static void describe_damage(struct kiln_region *rg, const struct entry *e, struct problem *p)
+{
+	char name[32];
+	struct stat st;
+	uint64_t end = e->loc.offset + RECORD_HEADER_SIZE + e->loc.stored_len;
+
+	snprintf(name, sizeof name, "%08x.pack", e->loc.pack);
+	if (fstatat(cs_packs_dirfd(rg->cs), name, &st, 0) < 0)
+		snprintf(p->what_buf, sizeof p->what_buf, "its pack packs/%s is missing", name);
+	else if ((uint64_t)st.st_size < end)
+		snprintf(p->what_buf, sizeof p->what_buf,
+			 "packs/%s is truncated: %llu bytes, the record ends at %llu", name,
+			 (unsigned long long)st.st_size, (unsigned long long)end);
+	else if (e->result == -EBADMSG)
+		snprintf(p->what_buf, sizeof p->what_buf,
+			 "corrupt record in packs/%s at offset %llu (damaged header, or the bytes do not "
+			 "match the chunk id)", name, (unsigned long long)e->loc.offset);
+	else
+		snprintf(p->what_buf, sizeof p->what_buf, "unreadable record in packs/%s at offset %llu: %s",
+			 name, (unsigned long long)e->loc.offset, strerror(-e->result));
+	p->what = p->what_buf;
+}
 
 struct verify_ctx {
 	struct kiln_region *rg;
@@ -224,12 +250,13 @@ int kiln_region_verify(struct kiln_region *rg,
 			res.bytes_checked += chunks.v[i].loc.raw_len;
 			if (chunks.v[i].result < 0) {
 				res.corrupt_chunks++;
-				if (!add_problem(&c, chunks.v[i].id,
-						 chunks.v[i].result == -EBADMSG ? "corrupt (id mismatch or damaged record)"
-						 : "unreadable")) {
+				struct problem *p = add_problem(&c, chunks.v[i].id, NULL);
+
+				if (!p) {
 					r = -ENOMEM;
 					goto out;
 				}
+				describe_damage(rg, &chunks.v[i], p);
 			}
 		}
 		if (progress)

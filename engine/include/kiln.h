@@ -274,6 +274,157 @@ int kiln_snapshot_diff(struct kiln_region *region, const char *snapshot_a,
 		       int (*fn)(void *opaque, uint64_t offset, uint64_t length),
 		       void *opaque);
 
+/* ---- images --------------------------------------------------------- */
+
+#define KILN_MAX_MAPPINGS 32
+#define KILN_MAX_TAGS 50
+#define KILN_MAX_LAUNCH_USERS 128
+#define KILN_NAME_MAX 129          /* image names: 3 to 128 characters */
+
+/* One block device mapping, in EC2's shape: an EBS volume (from a
+ * snapshot, or empty with a size), an instance store ("ephemeralN"), or
+ * NoDevice (suppress a mapping, at launch). */
+struct kiln_bdm {
+	char device_name[32];            /* "/dev/xvda" */
+	char virtual_name[32];           /* "ephemeral0", or "" */
+	bool no_device;
+	bool ebs;
+	char snapshot_id[KILN_ID_MAX];   /* Ebs.SnapshotId, or "" */
+	uint64_t volume_size;            /* Ebs.VolumeSize in GiB; 0: the snapshot's */
+	bool delete_on_termination;      /* Ebs.DeleteOnTermination (default true) */
+	char volume_type[16];            /* Ebs.VolumeType, default "gp3" */
+};
+
+struct kiln_tag {
+	char key[129];
+	char value[257];
+};
+
+/* What register found in the root snapshot (libblkid). */
+struct kiln_probe {
+	char partition_table[16];        /* "dos", "gpt" or "" */
+	int partitions;
+	bool boot_signature;             /* 0x55AA at the end of sector 0 */
+	bool boot_code;                  /* sector 0's boot code is not all zero */
+	bool bootable_partition;         /* an MBR partition marked active */
+	bool esp;                        /* an EFI system partition with a FAT filesystem */
+	char architecture[16];           /* what the partitions tell, or "" */
+	char filesystems[128];           /* e.g. "p1:ext4 p2:vfat", or "disk:ext4" */
+	char json[1024];                 /* all of it, as a JSON object */
+};
+
+struct kiln_image_spec {
+	const char *name;
+	const char *description;         /* NULL: none */
+	const char *root_device_name;    /* "/dev/xvda" */
+	const char *architecture;        /* x86_64, arm64, i386; NULL: from the probe */
+	const char *boot_mode;           /* legacy-bios, uefi, uefi-preferred; NULL: from the probe */
+	const char *virtualization_type; /* NULL or "hvm" */
+	const struct kiln_bdm *mappings;
+	size_t nmappings;
+	const struct kiln_tag *tags;
+	size_t ntags;
+	bool no_verify_boot;
+};
+
+struct kiln_image_info {
+	char id[KILN_ID_MAX];
+	char name[KILN_NAME_MAX];
+	char owner[KILN_ACCOUNT_LEN + 1];
+	char region[KILN_REGION_MAX];
+	char state[16];                  /* pending, available, failed */
+	char state_reason[256];
+	char description[256];
+	char architecture[16];
+	char boot_mode[24];
+	char virtualization_type[8];
+	char root_device_name[32];
+	int64_t creation_time;
+	char source_image_id[KILN_ID_MAX];
+	char source_image_region[KILN_REGION_MAX];
+	bool public;
+	struct kiln_bdm mappings[KILN_MAX_MAPPINGS];
+	size_t nmappings;
+	struct kiln_tag tags[KILN_MAX_TAGS];
+	size_t ntags;
+	char launch_users[KILN_MAX_LAUNCH_USERS][KILN_ACCOUNT_LEN + 1];
+	size_t nlaunch_users;
+	char probe[1024];                /* JSON object from kiln_probe, or "{}" */
+};
+
+/* Register an image owned by account. Checks every rule of EC2's
+ * RegisterImage (see docs/IMAGES.md); on refusal returns -EINVAL (bad
+ * argument), -EEXIST (name taken), -ENOENT/-EXDEV (snapshot unknown or in
+ * another region), -EACCES (snapshot not usable by account), -ENOEXEC
+ * (the root cannot boot), and sets *ret_why to a message (static or in
+ * ret_why_buf). */
+int kiln_image_register(struct kiln_region *region, const char *account,
+			const struct kiln_image_spec *spec, char ret_id[KILN_ID_MAX],
+			char *why, size_t why_len);
+
+/* The image as caller sees it: -ENOENT when it does not exist or caller
+ * may not launch it (the same answer, on purpose). */
+int kiln_image_describe(struct kiln_region *region, const char *caller, const char *image_id,
+			struct kiln_image_info *ret_info);
+/* Every image caller may launch (its own, shared with it, public), in
+ * creation order then id. */
+int kiln_image_list(struct kiln_region *region, const char *caller,
+		    int (*fn)(void *opaque, const struct kiln_image_info *info), void *opaque);
+bool kiln_image_can_launch(const struct kiln_image_info *info, const char *caller);
+
+/* Launch permissions: add and remove are sets of account ids; add_all or
+ * remove_all is the group "all". Only the owner may change them (-EPERM). */
+int kiln_image_modify_launch_permission(struct kiln_region *region, const char *caller,
+					const char *image_id,
+					const char *const *add, size_t nadd, bool add_all,
+					const char *const *remove, size_t nremove, bool remove_all);
+int kiln_image_reset_launch_permission(struct kiln_region *region, const char *caller,
+				       const char *image_id);
+int kiln_image_set_description(struct kiln_region *region, const char *caller,
+			       const char *image_id, const char *description);
+
+/* Deregister (owner only). With delete_snapshots, each snapshot of the
+ * mapping is deleted unless another image still uses it; report is told
+ * per snapshot: "deleted", or why not. */
+int kiln_image_deregister(struct kiln_region *region, const char *caller, const char *image_id,
+			  bool delete_snapshots,
+			  void (*report)(void *opaque, const char *snapshot_id, const char *result),
+			  void *opaque);
+
+/* Copy an image caller may launch from src to dst: a new image id and new
+ * snapshot ids in dst, owned by caller; only chunks dst lacks move, each
+ * verified by its id. Running the same copy again after a crash resumes
+ * it. */
+struct kiln_copy_report {
+	uint64_t snapshots;
+	uint64_t chunks_total;      /* non-zero chunks of the image's snapshots */
+	uint64_t chunks_moved;      /* copied into dst */
+	uint64_t chunks_present;    /* already in dst */
+	uint64_t bytes_moved;       /* stored bytes written to dst */
+	uint64_t raw_bytes_moved;   /* their raw size */
+	bool resumed;
+};
+int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char *caller,
+		    const char *source_image_id, const char *name, const char *description,
+		    bool copy_tags, kiln_progress_fn progress, void *opaque,
+		    struct kiln_copy_report *ret_report, char ret_id[KILN_ID_MAX],
+		    char *why, size_t why_len);
+
+/* Snapshot sharing (createVolumePermission); owner only. */
+int kiln_snapshot_modify_create_volume_permission(struct kiln_region *region, const char *caller,
+						  const char *snapshot_id,
+						  const char *const *add, size_t nadd, bool add_all,
+						  const char *const *remove, size_t nremove,
+						  bool remove_all);
+/* Accounts (and "all") a snapshot is shared with: fn per entry. */
+int kiln_snapshot_list_create_volume_permission(struct kiln_region *region,
+						const char *snapshot_id,
+						int (*fn)(void *opaque, const char *who), void *opaque);
+
+/* Probe a completed snapshot's partition table and filesystems. */
+int kiln_snapshot_probe(struct kiln_region *region, const char *snapshot_id,
+			struct kiln_probe *ret_probe);
+
 /* ---- store maintenance ---------------------------------------------- */
 
 struct kiln_region_stats {

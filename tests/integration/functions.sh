@@ -12,6 +12,8 @@ set -euo pipefail
 
 # python3-libnbd and friends live in Debian's python, not in a pyenv one.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+# sort order and error messages (strerror) the same everywhere
+export LC_ALL=C
 : "${KILN:?KILN must name the kiln binary}"
 
 TMPDIR=$(mktemp -d /tmp/kiln-test.XXXXXX)
@@ -124,6 +126,9 @@ json() { # FILE EXPR
 
 # ---- kiln helpers ---------------------------------------------------
 #   assert_eq GOT WANT WHAT      fail unless GOT = WANT
+#   check_eq GOT WANT WHAT       the same, but the test goes on (to see what
+#                                else breaks) and fails at `finish`
+#   finish                       exit 1 after a failed check_eq, else PASS
 #   assert_id vol|snap ID        fail unless ID is that kind of id
 #   stat_field FIELD [REGION]    a field of `kiln store stats --output json`
 #   snap_field SNAP FIELD        a field of `kiln snapshot describe SNAP`
@@ -135,9 +140,24 @@ json() { # FILE EXPR
 #   expect_killed CMD...         CMD must die of SIGKILL (exit 137)
 #   verify_clean                 `kiln store verify` exits 0, finds nothing
 #   store_state FILE             stats and describe output, to compare later
+#   flip_byte FILE OFFSET        invert the bits of one byte in place
+#   hex_at FILE OFFSET LENGTH    those bytes of FILE in lowercase hex
 
 assert_eq() { # GOT WANT WHAT
 	[ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"
+}
+
+_checks_failed=0
+check_eq() { # GOT WANT WHAT
+	if [ "$1" != "$2" ]; then
+		echo "FAIL: $3: expected '$2', got '$1'" >&2
+		_checks_failed=$((_checks_failed + 1))
+	fi
+}
+
+finish() {
+	[ "$_checks_failed" -eq 0 ] || fail "$_checks_failed check(s) failed (see above)"
+	echo PASS
 }
 
 assert_id() { # vol|snap ID
@@ -189,18 +209,34 @@ expect_killed() { # CMD...
 }
 
 verify_clean() {
-	local out rc=0
-	out=$(kiln store verify 2>&1) || rc=$?
-	[ "$rc" -eq 0 ] || fail "store verify exit $rc: $out"
-	[[ $out == *": 0 corrupt"* ]] || fail "store verify: $out"
+	local rc=0
+	kiln store verify --output json >"$TMPDIR/.verify.json" 2>"$TMPDIR/.verify.err" || rc=$?
+	[ "$rc" -eq 0 ] || fail "store verify exit $rc: $(cat "$TMPDIR/.verify.err" "$TMPDIR/.verify.json")"
+	[ "$(json "$TMPDIR/.verify.json" "(j['CorruptChunks'], j['BadManifests'], j['Problems'])")" = "(0, 0, [])" ] ||
+		fail "store verify: $(cat "$TMPDIR/.verify.json")"
 }
 
 store_state() { # FILE
 	{
 		kiln store stats --output json
-		kiln volume describe --output json
-		kiln snapshot describe --output json
+		kiln volume describe --output json --region us-east-1
+		kiln snapshot describe --output json --region us-east-1
 		kiln volume describe --output json --region eu-west-1
 		kiln snapshot describe --output json --region eu-west-1
 	} >"$1"
+}
+
+flip_byte() { # FILE OFFSET
+	/usr/bin/python3 -c '
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(int(sys.argv[2]))
+    b = f.read(1)
+    assert len(b) == 1, "offset past the end"
+    f.seek(int(sys.argv[2]))
+    f.write(bytes([b[0] ^ 0xff]))' "$1" "$2"
+}
+
+hex_at() { # FILE OFFSET LENGTH
+	xxd -p -s "$2" -l "$3" "$1" | tr -d '\n'
 }
