@@ -607,19 +607,21 @@ static void decode_one(void *arg, size_t i)
 		      (unsigned long long)rm->locs[i].offset, what);
 }
 
-int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_SIZE],
-		 void *const *bufs, size_t raw_len)
+/* Read and decode n records at once: lookups, one batch of reads, decoding
+ * and id checks on the pool. locs and recs (pointing into *ret_space) are
+ * filled. -EAGAIN when a pack vanished (gc): the caller goes one by one. */
+static int fetch_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_SIZE],
+		      void *const *bufs, size_t raw_len, struct chunk_loc *locs, uint8_t **recs,
+		      uint8_t **ret_space)
 {
-	CLEANUP_FREE struct chunk_loc *locs = calloc(n, sizeof *locs);
 	CLEANUP_FREE struct io_req *reqs = calloc(n, sizeof *reqs);
-	CLEANUP_FREE uint8_t **recs = calloc(n, sizeof *recs);
 	CLEANUP_FREE int *results = calloc(n, sizeof *results);
 	CLEANUP_FREE uint8_t *space = NULL;
 	size_t total = 0, pos = 0;
 	struct read_many rm;
 	int r = 0;
 
-	if (!locs || !reqs || !recs || !results)
+	if (!reqs || !results)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		r = cs_lookup(cs, ids[i], &locs[i]);
@@ -639,15 +641,8 @@ int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_
 			ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
 			fd = pack_fd(cs, locs[i].pack);
 		}
-		if (fd < 0) {
-			/* gc moved it: take the slow path for the batch */
-			for (size_t j = 0; j < n; j++) {
-				r = cs_read(cs, ids[j], bufs[j], raw_len);
-				if (r < 0)
-					return r;
-			}
-			return 0;
-		}
+		if (fd < 0)
+			return fd == -ENOENT ? -EAGAIN : fd;
 		recs[i] = space + pos;
 		reqs[i] = (struct io_req){ .fd = fd, .op = IO_READ, .buf = recs[i],
 					   .len = RECORD_HEADER_SIZE + locs[i].stored_len,
@@ -665,6 +660,82 @@ int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_
 	for (size_t i = 0; i < n; i++)
 		if (results[i] < 0)
 			return results[i];
+	*ret_space = TAKE_PTR(space);
+	return 0;
+}
+
+int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_SIZE],
+		 void *const *bufs, size_t raw_len)
+{
+	CLEANUP_FREE struct chunk_loc *locs = calloc(n, sizeof *locs);
+	CLEANUP_FREE uint8_t **recs = calloc(n, sizeof *recs);
+	CLEANUP_FREE uint8_t *space = NULL;
+	int r;
+
+	if (!locs || !recs)
+		return -ENOMEM;
+	r = fetch_many(cs, n, ids, bufs, raw_len, locs, recs, &space);
+	if (r == -EAGAIN) {
+		/* gc moved some: the slow path, which follows it */
+		for (size_t j = 0; j < n && r != 0; j++) {
+			r = cs_read(cs, ids[j], bufs[j], raw_len);
+			if (r < 0)
+				return r;
+		}
+		r = 0;
+	}
+	return r;
+}
+
+int cs_copy_many(struct chunkstore *src, struct chunkstore *dst, size_t n,
+		 const uint8_t (*ids)[CHUNK_ID_SIZE], void *const *scratch, size_t raw_len,
+		 uint64_t *ret_added, uint64_t *ret_stored)
+{
+	CLEANUP_FREE struct chunk_loc *locs = calloc(n, sizeof *locs);
+	CLEANUP_FREE uint8_t **recs = calloc(n, sizeof *recs);
+	CLEANUP_FREE uint8_t *space = NULL;
+	int r;
+
+	if (!locs || !recs)
+		return -ENOMEM;
+	r = fetch_many(src, n, ids, scratch, raw_len, locs, recs, &space);
+	for (size_t i = 0; r == -EAGAIN && i < n; i++) {
+		/* one by one, through gc's moves */
+		CLEANUP_FREE uint8_t *rec = NULL;
+		const char *what;
+		struct chunk_loc loc;
+		bool added;
+
+		r = cs_lookup(src, ids[i], &loc);
+		if (r == 0)
+			r = read_record(src, ids[i], &loc, &rec);
+		if (r == 0)
+			r = record_decode(src->region->store, rec, ids[i], &loc, scratch[i], &what);
+		if (r == 0)
+			r = cs_add(dst, ids[i], rec + RECORD_HEADER_SIZE, loc.stored_len, loc.raw_len,
+				   loc.flags, &added);
+		if (r == 0 && added) {
+			(*ret_added)++;
+			*ret_stored += RECORD_HEADER_SIZE + loc.stored_len;
+		}
+		if (r == 0 && i + 1 < n)
+			r = -EAGAIN;
+	}
+	if (r < 0 || !space)
+		return r;
+	/* Verified: the stored bytes go across as they are, compressed. */
+	for (size_t i = 0; i < n; i++) {
+		bool added;
+
+		r = cs_add(dst, ids[i], recs[i] + RECORD_HEADER_SIZE, locs[i].stored_len, locs[i].raw_len,
+			   locs[i].flags, &added);
+		if (r < 0)
+			return r;
+		if (added) {
+			(*ret_added)++;
+			*ret_stored += RECORD_HEADER_SIZE + locs[i].stored_len;
+		}
+	}
 	return 0;
 }
 

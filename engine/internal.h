@@ -223,6 +223,13 @@ int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, s
 int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_SIZE],
 		 void *const *bufs, size_t raw_len);
 
+/* Copy n chunks from src into dst (in a write session of dst), each
+ * verified by its id on the way; the stored bytes are not recompressed.
+ * scratch: n buffers of raw_len. Counts what dst did not have. */
+int cs_copy_many(struct chunkstore *src, struct chunkstore *dst, size_t n,
+		 const uint8_t (*ids)[CHUNK_ID_SIZE], void *const *scratch, size_t raw_len,
+		 uint64_t *ret_added, uint64_t *ret_stored);
+
 /* Writing (the caller holds the region lock): begin, add, commit|abort. */
 int cs_begin(struct chunkstore *cs);
 /* Queue a record. When the id is already stored, does nothing and sets
@@ -299,6 +306,10 @@ int catalog_snapshot_permissions(struct catalog *cat, const char *id, const char
 int catalog_snapshot_permission_list(struct catalog *cat, const char *id,
 				     int (*fn)(void *opaque, const char *who), void *opaque);
 int catalog_snapshot_usable(struct catalog *cat, const char *id, const char *caller);
+
+/* ---- image.c ------------------------------------------------------- */
+
+bool image_name_valid(const char *name);
 
 /* ---- volume.c ------------------------------------------------------ */
 

@@ -334,6 +334,13 @@ int kiln_snapshot_list(struct kiln_region *rg,
 	return catalog_snapshot_list(rg->cat, fn, opaque);
 }
 
+static int first_image(void *opaque, const char *image_id)
+{
+	(void)opaque;
+	(void)image_id;
+	return 1;
+}
+
 static int snapshot_delete(struct kiln_region *rg, const char *id)
 {
 	struct kiln_snapshot_info info;
@@ -346,6 +353,9 @@ static int snapshot_delete(struct kiln_region *rg, const char *id)
 	mname = manifest_name(id);
 	if (!mname)
 		return -ENOMEM;
+	/* A snapshot behind a registered image stays (EC2 does the same). */
+	if (catalog_snapshot_images(rg->cat, id, first_image, NULL) > 0)
+		return -EBUSY;
 	r = region_lock(rg);
 	if (r < 0)
 		return r;

@@ -381,6 +381,9 @@ static void clean_after_crash(struct kiln_region *rg)
 	if (n > 0)
 		debug("region %s: dropped %d pending rows a crashed writer left", rg->name, n);
 	volume_reap_creating(rg);
+	n = catalog_fail_pending_images(rg->cat);
+	if (n > 0)
+		debug("region %s: %d interrupted image copies marked failed", rg->name, n);
 	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
 		int fd = openat(rg->dirfd, dirs[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
