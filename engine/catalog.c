@@ -13,7 +13,7 @@
 #include "internal.h"
 
 #define CATALOG_NAME "catalog.db"
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 
 struct catalog {
 	sqlite3 *db;
@@ -101,6 +101,32 @@ static const char schema_v2[] =
 	"  value TEXT NOT NULL,"
 	"  PRIMARY KEY (resource_id, key)"
 	");";
+
+/* Version 3: instances and their devices. */
+static const char schema_v3[] =
+	"CREATE TABLE instances ("
+	"  id TEXT PRIMARY KEY,"
+	"  image_id TEXT NOT NULL,"
+	"  owner TEXT NOT NULL,"
+	"  state TEXT NOT NULL,"
+	"  launch_time INTEGER NOT NULL,"
+	"  architecture TEXT NOT NULL DEFAULT '',"
+	"  boot_mode TEXT NOT NULL DEFAULT '',"
+	"  root_device_name TEXT NOT NULL DEFAULT '',"
+	"  nbd_socket TEXT NOT NULL DEFAULT '',"
+	"  nbd_pid INTEGER NOT NULL DEFAULT 0,"
+	"  qemu_pid INTEGER NOT NULL DEFAULT 0"
+	");"
+	"CREATE TABLE instance_devices ("
+	"  instance_id TEXT NOT NULL,"
+	"  position INTEGER NOT NULL,"
+	"  device_name TEXT NOT NULL,"
+	"  volume_id TEXT NOT NULL,"
+	"  ebs INTEGER NOT NULL,"
+	"  delete_on_termination INTEGER NOT NULL,"
+	"  PRIMARY KEY (instance_id, position)"
+	");"
+	"CREATE INDEX instance_devices_by_volume ON instance_devices(volume_id);";
 
 static const char *const volume_states[] = {
 	[KILN_VOLUME_CREATING] = "creating",
@@ -200,6 +226,8 @@ static int migrate(struct catalog *cat)
 		r = exec(cat, schema_v1);
 	if (r == 0 && version < 2)
 		r = exec(cat, schema_v2);
+	if (r == 0 && version < 3)
+		r = exec(cat, schema_v3);
 	if (r == 0) {
 		char sql[64];
 
@@ -861,4 +889,136 @@ int catalog_snapshot_usable(struct catalog *cat, const char *id, const char *cal
 
 	sqlite3_finalize(st);
 	return r;
+}
+
+/* ---- instances -------------------------------------------------------- */
+
+#define INSTANCE_COLUMNS "id, image_id, owner, state, launch_time, architecture, boot_mode, " \
+	"root_device_name, nbd_socket, nbd_pid, qemu_pid"
+
+int catalog_instance_insert(struct catalog *cat, const struct kiln_instance_info *in)
+{
+	int r = run(cat, NULL, "INSERT INTO instances (" INSTANCE_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+		    "ssssissssii", in->id, in->image_id, in->owner, in->state, in->launch_time,
+		    in->architecture, in->boot_mode, in->root_device_name, in->nbd_socket,
+		    (int64_t)in->nbd_pid, (int64_t)in->qemu_pid);
+
+	for (size_t i = 0; r == 0 && i < in->ndevices; i++) {
+		const struct kiln_instance_device *d = &in->devices[i];
+
+		r = run(cat, NULL, "INSERT INTO instance_devices VALUES (?,?,?,?,?,?)", "sissii", in->id,
+			(int64_t)i, d->device_name, d->volume_id, (int64_t)d->ebs,
+			(int64_t)d->delete_on_termination);
+	}
+	return r;
+}
+
+int catalog_instance_get(struct catalog *cat, const char *id, struct kiln_instance_info *in)
+{
+	sqlite3_stmt *st = NULL;
+	int r = run(cat, &st, "SELECT " INSTANCE_COLUMNS " FROM instances WHERE id = ?", "s", id);
+
+	if (r == 1) {
+		memset(in, 0, sizeof *in);
+		copy_text(in->id, sizeof in->id, st, 0);
+		copy_text(in->image_id, sizeof in->image_id, st, 1);
+		copy_text(in->owner, sizeof in->owner, st, 2);
+		copy_text(in->state, sizeof in->state, st, 3);
+		in->launch_time = sqlite3_column_int64(st, 4);
+		copy_text(in->architecture, sizeof in->architecture, st, 5);
+		copy_text(in->boot_mode, sizeof in->boot_mode, st, 6);
+		copy_text(in->root_device_name, sizeof in->root_device_name, st, 7);
+		copy_text(in->nbd_socket, sizeof in->nbd_socket, st, 8);
+		in->nbd_pid = (int)sqlite3_column_int64(st, 9);
+		in->qemu_pid = (int)sqlite3_column_int64(st, 10);
+		snprintf(in->region, sizeof in->region, "%s", cat->region);
+	}
+	sqlite3_finalize(st);
+	if (r != 1)
+		return r < 0 ? r : -ENOENT;
+	st = NULL;
+	r = run(cat, &st, "SELECT device_name, volume_id, ebs, delete_on_termination FROM instance_devices "
+		"WHERE instance_id = ? ORDER BY position", "s", id);
+	while (r == 1 && in->ndevices < KILN_MAX_MAPPINGS) {
+		struct kiln_instance_device *d = &in->devices[in->ndevices++];
+		int rc;
+
+		copy_text(d->device_name, sizeof d->device_name, st, 0);
+		copy_text(d->volume_id, sizeof d->volume_id, st, 1);
+		d->ebs = sqlite3_column_int(st, 2);
+		d->delete_on_termination = sqlite3_column_int(st, 3);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "devices");
+	}
+	sqlite3_finalize(st);
+	return r < 0 ? r : 0;
+}
+
+int catalog_instance_ids(struct catalog *cat, char (**ret_ids)[KILN_ID_MAX], size_t *ret_n)
+{
+	sqlite3_stmt *st = NULL;
+	char (*ids)[KILN_ID_MAX] = NULL;
+	size_t n = 0, cap = 0;
+	int r = run(cat, &st, "SELECT id FROM instances ORDER BY launch_time, id", "");
+
+	while (r == 1) {
+		int rc;
+
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 64;
+			void *p = realloc(ids, ncap * sizeof *ids);
+
+			if (!p) {
+				r = -ENOMEM;
+				break;
+			}
+			ids = p;
+			cap = ncap;
+		}
+		copy_text(ids[n++], KILN_ID_MAX, st, 0);
+		rc = sqlite3_step(st);
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "instances");
+	}
+	sqlite3_finalize(st);
+	if (r < 0) {
+		free(ids);
+		return r;
+	}
+	*ret_ids = ids;
+	*ret_n = n;
+	return 0;
+}
+
+int catalog_instance_update(struct catalog *cat, const struct kiln_instance_info *in)
+{
+	return changed_one(cat, run(cat, NULL, "UPDATE instances SET state = ?, nbd_socket = ?, nbd_pid = ?, "
+				    "qemu_pid = ? WHERE id = ?", "ssiis", in->state, in->nbd_socket,
+				    (int64_t)in->nbd_pid, (int64_t)in->qemu_pid, in->id));
+}
+
+int catalog_instance_delete(struct catalog *cat, const char *id)
+{
+	int r = run(cat, NULL, "DELETE FROM instance_devices WHERE instance_id = ?", "s", id);
+
+	if (r == 0)
+		r = changed_one(cat, run(cat, NULL, "DELETE FROM instances WHERE id = ?", "s", id));
+	return r;
+}
+
+/* The volume behind an instance's device ("i-…/xvda" or "/dev/xvda"). */
+int catalog_instance_device_volume(struct catalog *cat, const char *instance_id, const char *device,
+				   char ret_volume[KILN_ID_MAX])
+{
+	sqlite3_stmt *st = NULL;
+	char full[64];
+	int r;
+
+	snprintf(full, sizeof full, "/dev/%s", device);
+	r = run(cat, &st, "SELECT volume_id FROM instance_devices d JOIN instances i ON i.id = d.instance_id "
+		"WHERE d.instance_id = ? AND (d.device_name = ? OR d.device_name = ?) AND i.state != 'terminated'",
+		"sss", instance_id, device, full);
+	if (r == 1)
+		copy_text(ret_volume, KILN_ID_MAX, st, 0);
+	sqlite3_finalize(st);
+	return r < 0 ? r : r == 1 ? 0 : -ENOENT;
 }

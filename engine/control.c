@@ -8,6 +8,8 @@
  *
  *   SNAPSHOT <account> <description, hex-encoded>\n
  *   -> OK <snap-id>\n   |   ERR <errno>\n
+ *   SNAPSHOT-SET <account> <description, hex, or -> <vol-id>...\n
+ *   -> OK <snap-id>...\n   (one barrier across the volumes)
  *
  * The socket is reached through /proc/self/fd/<volumes dir>/ so the store
  * path never meets the 108-byte limit of sun_path. */
@@ -112,7 +114,69 @@ static int send_line(int fd, const char *s)
 	return 0;
 }
 
-int kiln_volume_control_serve(struct kiln_volume *v, int client_fd)
+#define SET_MAX 32
+
+/* SNAPSHOT-SET: resolve every volume through the owner's ops, then one
+ * kiln_volumes_snapshot(). */
+static int serve_set(int client_fd, char *args, const struct kiln_control_ops *ops)
+{
+	char account[KILN_ACCOUNT_LEN + 2], hex[600], desc[256] = "";
+	struct kiln_volume *vols[SET_MAX];
+	char ids[SET_MAX][KILN_ID_MAX];
+	char reply[SET_MAX * KILN_ID_MAX + 16];
+	size_t n = 0;
+	char *save = NULL, *tok;
+	int r = 0;
+
+	tok = strtok_r(args, " ", &save);
+	if (!tok || strlen(tok) >= sizeof account || !kiln_account_valid(tok))
+		goto bad;
+	strcpy(account, tok);
+	tok = strtok_r(NULL, " ", &save);
+	if (!tok || strlen(tok) >= sizeof hex)
+		goto bad;
+	strcpy(hex, tok);
+	if (strcmp(hex, "-") != 0 &&
+	    (strlen(hex) % 2 || strlen(hex) / 2 >= sizeof desc || hex_decode(hex, (uint8_t *)desc, strlen(hex) / 2) < 0))
+		goto bad;
+	if (strcmp(hex, "-") != 0)
+		desc[strlen(hex) / 2] = '\0';
+	while ((tok = strtok_r(NULL, " ", &save)) != NULL) {
+		if (n == SET_MAX || !kiln_id_valid(tok, "vol") || !ops || !ops->acquire) {
+			r = -EINVAL;
+			break;
+		}
+		vols[n] = ops->acquire(ops->opaque, tok);
+		if (!vols[n]) {
+			r = -EBUSY;
+			break;
+		}
+		n++;
+	}
+	if (r == 0 && n == 0)
+		r = -EINVAL;
+	if (r == 0)
+		r = kiln_volumes_snapshot(vols, n, account, desc, ids);
+	for (size_t i = 0; i < n; i++)
+		ops->release(ops->opaque, vols[i]);
+	if (r < 0) {
+		snprintf(reply, sizeof reply, "ERR %d\n", -r);
+	} else {
+		strcpy(reply, "OK");
+		for (size_t i = 0; i < n; i++) {
+			strcat(reply, " ");
+			strcat(reply, ids[i]);
+		}
+		strcat(reply, "\n");
+	}
+	send_line(client_fd, reply);
+	return r;
+bad:
+	send_line(client_fd, "ERR 22\n");
+	return -EINVAL;
+}
+
+int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct kiln_control_ops *ops)
 {
 	char line[CONTROL_LINE_MAX], reply[64], account[KILN_ACCOUNT_LEN + 2];
 	char desc[256] = "";
@@ -124,6 +188,8 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd)
 	n = read_line(client_fd, line, sizeof line);
 	if (n < 0)
 		return (int)n;
+	if (strncmp(line, "SNAPSHOT-SET ", 13) == 0)
+		return serve_set(client_fd, line + 13, ops);
 	if (strncmp(line, "SNAPSHOT ", 9) != 0 || sscanf(line + 9, "%13s", account) != 1 ||
 	    !kiln_account_valid(account)) {
 		send_line(client_fd, "ERR 22\n");
@@ -185,4 +251,53 @@ int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *
 	if (strncmp(reply, "ERR ", 4) == 0 && atoi(reply + 4) > 0)
 		return -atoi(reply + 4);
 	return -EIO;
+}
+
+/* Ask the daemon that owns volume_ids[0] for one barrier snapshot of all. */
+int control_snapshot_set(struct kiln_region *rg, const char *const *volume_ids, size_t n,
+			 const char *account, const char *description, char (*ret_ids)[KILN_ID_MAX])
+{
+	struct sockaddr_un sa;
+	char line[CONTROL_LINE_MAX], reply[SET_MAX * KILN_ID_MAX + 16];
+	size_t dlen = description ? strlen(description) : 0, pos;
+	CLEANUP_CLOSE int fd = -1;
+	char *save = NULL, *tok;
+	int r;
+
+	if (n == 0 || n > SET_MAX || dlen >= 256)
+		return -EINVAL;
+	r = control_addr(rg, volume_ids[0], &sa);
+	if (r < 0)
+		return r;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+		return -EBUSY;
+	pos = (size_t)snprintf(line, sizeof line, "SNAPSHOT-SET %s ", account);
+	if (dlen) {
+		hex_encode((const uint8_t *)description, dlen, line + pos);
+		pos += 2 * dlen;
+	} else {
+		line[pos++] = '-';
+	}
+	for (size_t i = 0; i < n; i++)
+		pos += (size_t)snprintf(line + pos, sizeof line - pos, " %s", volume_ids[i]);
+	snprintf(line + pos, sizeof line - pos, "\n");
+	r = send_line(fd, line);
+	if (r < 0)
+		return r;
+	if (read_line(fd, reply, sizeof reply) < 0)
+		return -EIO;
+	if (strncmp(reply, "ERR ", 4) == 0)
+		return atoi(reply + 4) > 0 ? -atoi(reply + 4) : -EIO;
+	if (strncmp(reply, "OK", 2) != 0)
+		return -EIO;
+	tok = strtok_r(reply + 2, " ", &save);
+	for (size_t i = 0; i < n; i++, tok = strtok_r(NULL, " ", &save)) {
+		if (!tok || !kiln_id_valid(tok, "snap"))
+			return -EIO;
+		memcpy(ret_ids[i], tok, strlen(tok) + 1);
+	}
+	return 0;
 }

@@ -307,6 +307,14 @@ int catalog_snapshot_permission_list(struct catalog *cat, const char *id,
 				     int (*fn)(void *opaque, const char *who), void *opaque);
 int catalog_snapshot_usable(struct catalog *cat, const char *id, const char *caller);
 
+int catalog_instance_insert(struct catalog *cat, const struct kiln_instance_info *in);
+int catalog_instance_get(struct catalog *cat, const char *id, struct kiln_instance_info *in);
+int catalog_instance_ids(struct catalog *cat, char (**ret_ids)[KILN_ID_MAX], size_t *ret_n);
+int catalog_instance_update(struct catalog *cat, const struct kiln_instance_info *in);
+int catalog_instance_delete(struct catalog *cat, const char *id);
+int catalog_instance_device_volume(struct catalog *cat, const char *instance_id, const char *device,
+				   char ret_volume[KILN_ID_MAX]);
+
 /* ---- image.c ------------------------------------------------------- */
 
 bool image_name_valid(const char *name);
@@ -343,6 +351,8 @@ char *volume_file(const char *volume_id, const char *suffix);   /* "vol-….map"
 
 int control_snapshot(struct kiln_region *region, const char *volume_id, const char *account,
 		     const char *description, char ret_id[KILN_ID_MAX]);
+int control_snapshot_set(struct kiln_region *region, const char *const *volume_ids, size_t n,
+			 const char *account, const char *description, char (*ret_ids)[KILN_ID_MAX]);
 
 /* ---- capture.c: hash, compress and store batches of chunks --------- */
 

@@ -143,8 +143,10 @@ static void catch_up_parent(struct kiln_volume *v)
 	debug("volume %s: parent caught up to %s", v->id, info.last_snapshot_id);
 }
 
-int kiln_volume_snapshot(struct kiln_volume *v, const char *account, const char *description,
-			 kiln_progress_fn progress, void *opaque, char ret_id[KILN_ID_MAX])
+/* The snapshot itself. Called with the region lock and the volume's I/O
+ * lock held exclusively: the volume is frozen at the point in time. */
+static int snapshot_locked(struct kiln_volume *v, const char *account, const char *description,
+			   kiln_progress_fn progress, void *opaque, char ret_id[KILN_ID_MAX])
 {
 	struct kiln_region *rg = v->region;
 	struct kiln_snapshot_info info = { 0 };
@@ -156,14 +158,6 @@ int kiln_volume_snapshot(struct kiln_volume *v, const char *account, const char 
 	bool inserted = false, writing = false, manifest_written = false;
 	int r;
 
-	if (!v->writable)
-		return -EROFS;
-	if (!kiln_account_valid(account) || (description && strlen(description) >= sizeof info.description))
-		return -EINVAL;
-	r = region_lock(rg);
-	if (r < 0)
-		return r;
-	pthread_rwlock_wrlock(&v->io_lock);     /* the point in time */
 	catch_up_parent(v);
 
 	m = manifest_new(v->map->size, v->map->chunk_size);
@@ -289,7 +283,73 @@ out:
 	}
 	capture_free(&c);
 	manifest_free(m);
+	return r;
+}
+
+int kiln_volume_snapshot(struct kiln_volume *v, const char *account, const char *description,
+			 kiln_progress_fn progress, void *opaque, char ret_id[KILN_ID_MAX])
+{
+	int r;
+
+	if (!v->writable)
+		return -EROFS;
+	if (!kiln_account_valid(account) || (description && strlen(description) > 255))
+		return -EINVAL;
+	r = region_lock(v->region);
+	if (r < 0)
+		return r;
+	pthread_rwlock_wrlock(&v->io_lock);     /* the point in time */
+	r = snapshot_locked(v, account, description, progress, opaque, ret_id);
 	pthread_rwlock_unlock(&v->io_lock);
+	region_unlock(v->region);
+	return r;
+}
+
+static int cmp_volume_ptr(const void *a, const void *b)
+{
+	const struct kiln_volume *x = *(struct kiln_volume *const *)a, *y = *(struct kiln_volume *const *)b;
+
+	return strcmp(x->id, y->id);
+}
+
+int kiln_volumes_snapshot(struct kiln_volume *const *vols, size_t n, const char *account,
+			  const char *description, char (*ret_ids)[KILN_ID_MAX])
+{
+	CLEANUP_FREE struct kiln_volume **sorted = calloc(n ? n : 1, sizeof *sorted);
+	struct kiln_region *rg = n ? vols[0]->region : NULL;
+	size_t done = 0;
+	int r = 0;
+
+	if (!sorted)
+		return -ENOMEM;
+	if (!kiln_account_valid(account) || (description && strlen(description) > 255))
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (!vols[i]->writable)
+			return -EROFS;
+		if (vols[i]->region != rg)
+			return -EXDEV;
+		sorted[i] = vols[i];
+	}
+	if (n == 0)
+		return 0;
+	r = region_lock(rg);
+	if (r < 0)
+		return r;
+	/* One barrier: every volume frozen before the first snapshot starts;
+	 * locks taken in id order, so two barriers never deadlock. */
+	qsort(sorted, n, sizeof *sorted, cmp_volume_ptr);
+	for (size_t i = 0; i < n; i++)
+		pthread_rwlock_wrlock(&sorted[i]->io_lock);
+	for (; done < n && r == 0; done++)
+		r = snapshot_locked(vols[done], account, description, NULL, NULL, ret_ids[done]);
+	for (size_t i = 0; i < n; i++)
+		pthread_rwlock_unlock(&sorted[i]->io_lock);
+	if (r < 0) {
+		/* All or nothing: take back the ones that were made. */
+		for (size_t i = 0; i + 1 < done; i++)
+			kiln_snapshot_delete(rg, ret_ids[i]);
+	}
 	region_unlock(rg);
 	return r;
 }

@@ -197,6 +197,8 @@ static int volume_delete(struct kiln_region *rg, const char *id)
 	r = catalog_volume_get(rg->cat, id, &info);
 	if (r < 0)
 		return lookup_error(rg, id, r);
+	if (info.state == KILN_VOLUME_IN_USE)
+		return -EBUSY;          /* a device of an instance: terminate it */
 	map = volume_file(id, "map");
 	if (!map)
 		return -ENOMEM;

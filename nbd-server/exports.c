@@ -142,8 +142,19 @@ static int export_open(const char *name, struct export **ret, const char **why)
 	return 0;
 }
 
+/* An instance's device, "i-…/xvda", is the export of its volume: both
+ * names share one handle. */
+static const char *resolve_name(const char *name, char volume_id[KILN_ID_MAX])
+{
+	if (strncmp(name, "i-", 2) == 0 && strchr(name, '/') &&
+	    kiln_instance_device_volume(config->region, name, volume_id) == 0)
+		return volume_id;
+	return name;
+}
+
 int export_get(const char *name, struct export **ret_export, const char **ret_why)
 {
+	char volume_id[KILN_ID_MAX];
 	struct export *e;
 	int r;
 
@@ -155,6 +166,7 @@ int export_get(const char *name, struct export **ret_export, const char **ret_wh
 		*ret_why = "no such export";
 		return -ENOENT;
 	}
+	name = resolve_name(name, volume_id);
 	pthread_mutex_lock(&lock);
 	for (e = open_exports; e; e = e->next)
 		if (strcmp(e->name, name) == 0)
@@ -270,6 +282,37 @@ int exports_list(int (*fn)(void *opaque, const char *name, const char *descripti
 
 /* ---- control sockets ------------------------------------------------- */
 
+/* For a request that snapshots several volumes at once (an instance's
+ * image): each must be a writable export of ours. */
+static struct kiln_volume *ctl_acquire(void *opaque, const char *volume_id)
+{
+	struct export *e;
+	const char *why;
+
+	(void)opaque;
+	if (export_get(volume_id, &e, &why) < 0)
+		return NULL;
+	if (e->read_only) {
+		export_put(e);
+		return NULL;
+	}
+	return e->vol;
+}
+
+static void ctl_release(void *opaque, struct kiln_volume *v)
+{
+	struct export *e;
+
+	(void)opaque;
+	pthread_mutex_lock(&lock);
+	for (e = open_exports; e && e->vol != v; e = e->next)
+		;
+	pthread_mutex_unlock(&lock);
+	export_put(e);
+}
+
+static const struct kiln_control_ops ctl_ops = { ctl_acquire, ctl_release, NULL };
+
 static void *control_main(void *unused)
 {
 	(void)unused;
@@ -314,7 +357,7 @@ static void *control_main(void *unused)
 				continue;
 			cfd = accept4(e->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
 			if (cfd >= 0) {
-				r = kiln_volume_control_serve(e->vol, cfd);
+				r = kiln_volume_control_serve(e->vol, cfd, &ctl_ops);
 				debug("control: %s: request served: %s", e->name, r < 0 ? strerror(-r) : "ok");
 				close(cfd);
 			}

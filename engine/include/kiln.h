@@ -227,8 +227,16 @@ const char *kiln_snapshot_state_name(enum kiln_snapshot_state s);
  * KILN_OPEN_WRITE): listen returns a listening socket fd; serve answers
  * one request from a connection accepted on it (and leaves it open);
  * close stops listening and removes the socket. */
+struct kiln_control_ops {
+	/* Another volume this process owns, for a request that names several
+	 * (an instance's image): NULL if not ours. release gives it back. */
+	struct kiln_volume *(*acquire)(void *opaque, const char *volume_id);
+	void (*release)(void *opaque, struct kiln_volume *volume);
+	void *opaque;
+};
 int kiln_volume_control_listen(struct kiln_volume *volume, int *ret_fd);
-int kiln_volume_control_serve(struct kiln_volume *volume, int client_fd);
+int kiln_volume_control_serve(struct kiln_volume *volume, int client_fd,
+			      const struct kiln_control_ops *ops);
 void kiln_volume_control_close(struct kiln_volume *volume, int fd);
 
 /* Snapshot an open (KILN_OPEN_WRITE) volume at this point: every write that
@@ -238,6 +246,13 @@ int kiln_volume_snapshot(struct kiln_volume *volume, const char *account,
 			 const char *description,
 			 kiln_progress_fn progress, void *opaque,
 			 char ret_id[KILN_ID_MAX]);
+
+/* Snapshot several open volumes at one point in time: all are frozen
+ * before the first snapshot starts (one barrier), so the set is
+ * consistent, as EC2's multi-volume snapshots of an instance are. All or
+ * nothing. ret_ids[i] is volume i's snapshot. */
+int kiln_volumes_snapshot(struct kiln_volume *const *volumes, size_t n, const char *account,
+			  const char *description, char (*ret_ids)[KILN_ID_MAX]);
 
 /* Convenience: open the volume for writing, snapshot, close. When another
  * process owns the volume and listens on its control socket (kiln-nbd
@@ -424,6 +439,62 @@ int kiln_snapshot_list_create_volume_permission(struct kiln_region *region,
 /* Probe a completed snapshot's partition table and filesystems. */
 int kiln_snapshot_probe(struct kiln_region *region, const char *snapshot_id,
 			struct kiln_probe *ret_probe);
+
+/* ---- instances ------------------------------------------------------ */
+
+struct kiln_instance_device {
+	char device_name[32];            /* "/dev/xvda" */
+	char volume_id[KILN_ID_MAX];
+	bool ebs;                        /* false: an instance store (ephemeral) volume */
+	bool delete_on_termination;
+};
+
+struct kiln_instance_info {
+	char id[KILN_ID_MAX];            /* "i-" + 17 hex */
+	char image_id[KILN_ID_MAX];
+	char owner[KILN_ACCOUNT_LEN + 1];
+	char region[KILN_REGION_MAX];
+	char state[16];                  /* running, stopped, terminated */
+	int64_t launch_time;
+	char architecture[16];
+	char boot_mode[24];
+	char root_device_name[32];
+	char nbd_socket[256];            /* the kiln-nbd that serves its devices */
+	int nbd_pid;
+	int qemu_pid;                    /* 0 when not booted */
+	struct kiln_instance_device devices[KILN_MAX_MAPPINGS];
+	size_t ndevices;
+};
+
+/* Launch one instance of an image caller may launch: one copy-on-write
+ * volume per EBS mapping (instant, no chunk bytes copied), a blank one
+ * per ephemeral mapping. overrides replace the image's mappings by device
+ * name; NoDevice removes one. */
+int kiln_instance_launch(struct kiln_region *region, const char *caller, const char *image_id,
+			 const struct kiln_bdm *overrides, size_t noverrides,
+			 char ret_id[KILN_ID_MAX], char *why, size_t why_len);
+int kiln_instance_describe(struct kiln_region *region, const char *caller, const char *instance_id,
+			   struct kiln_instance_info *ret_info);
+int kiln_instance_list(struct kiln_region *region, const char *caller,
+		       int (*fn)(void *opaque, const struct kiln_instance_info *info), void *opaque);
+/* Record what serves and runs the instance (state, nbd_socket, nbd_pid,
+ * qemu_pid from info). */
+int kiln_instance_update(struct kiln_region *region, const struct kiln_instance_info *info);
+/* Terminate: delete the volumes marked DeleteOnTermination (report says
+ * which), keep the others as available volumes, forget the instance. The
+ * caller stops qemu first. */
+int kiln_instance_terminate(struct kiln_region *region, const char *caller, const char *instance_id,
+			    void (*report)(void *opaque, const char *volume_id, bool deleted),
+			    void *opaque);
+/* The volume behind an export name "i-…/xvda"; -ENOENT if none. */
+int kiln_instance_device_volume(struct kiln_region *region, const char *name,
+				char ret_volume_id[KILN_ID_MAX]);
+/* CreateImage: snapshot every EBS volume of the instance at one point in
+ * time (through its daemon when one serves them) and register an image
+ * with the instance's mapping. */
+int kiln_image_create(struct kiln_region *region, const char *caller, const char *instance_id,
+		      const char *name, const char *description, char ret_id[KILN_ID_MAX],
+		      char *why, size_t why_len);
 
 /* ---- store maintenance ---------------------------------------------- */
 

@@ -8,7 +8,7 @@
 
 #include "internal.h"
 
-#define SCHEMA_VERSION 2        /* catalog.c: bump with the schema */
+#define SCHEMA_VERSION 3        /* catalog.c: bump with the schema */
 #define REGION "us-east-1"
 #define VOL_A "vol-0000000000000000a"
 #define VOL_B "vol-0000000000000000b"
