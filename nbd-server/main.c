@@ -327,6 +327,10 @@ int main(int argc, char **argv)
 	}
 	if (verbose)
 		setenv("KILN_DEBUG", "1", 0);
+	/* The parent of a forked daemon is the process that forked it, which
+	 * exits at once: --exit-with-parent means --foreground (as in nbdkit). */
+	if (exit_with_parent)
+		foreground = true;
 	if (exit_with_parent && prctl(PR_SET_PDEATHSIG, SIGTERM) < 0) {
 		server_error("--exit-with-parent: %m");
 		exit(EXIT_FAILURE);
@@ -361,6 +365,7 @@ int main(int argc, char **argv)
 		exports_close_all();
 		kiln_region_close(cfg.region);
 		kiln_store_close(cfg.store);
+		free(cfg.allowed);
 		return 0;
 	}
 
@@ -456,5 +461,6 @@ int main(int argc, char **argv)
 	kiln_store_close(cfg.store);
 	if (pidfile)
 		unlink(pidfile);
+	free(cfg.allowed);
 	return 0;
 }

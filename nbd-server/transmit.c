@@ -194,13 +194,15 @@ int request_validate(const struct conn *c, const struct nbd_request *req)
 	static const uint16_t allowed_flags[] = {
 		[NBD_CMD_READ] = NBD_CMD_FLAG_DF | NBD_CMD_FLAG_FUA,
 		[NBD_CMD_WRITE] = NBD_CMD_FLAG_FUA,
-		[NBD_CMD_DISC] = 0,
-		[NBD_CMD_FLUSH] = 0,
+		[NBD_CMD_DISC] = NBD_CMD_FLAG_FUA,
+		[NBD_CMD_FLUSH] = NBD_CMD_FLAG_FUA,
 		[NBD_CMD_TRIM] = NBD_CMD_FLAG_FUA,
-		[NBD_CMD_CACHE] = 0,
+		[NBD_CMD_CACHE] = NBD_CMD_FLAG_FUA,
 		[NBD_CMD_WRITE_ZEROES] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
-		[NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_REQ_ONE,
+		[NBD_CMD_BLOCK_STATUS] = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
 	};
+	/* FUA is valid on every command once SEND_FUA is negotiated
+	 * (proto.md): accepted everywhere, meaningful on writes. */
 	const struct export *e = c->exp;
 	bool writes = req->type == NBD_CMD_WRITE || req->type == NBD_CMD_TRIM ||
 		      req->type == NBD_CMD_WRITE_ZEROES;

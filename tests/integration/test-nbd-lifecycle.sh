@@ -1,0 +1,235 @@
+#!/bin/bash
+# The life of a kiln-nbd daemon: SIGTERM (and SIGINT) with a client still
+# connected flushes, ends the connection, exits 0 and removes the socket
+# and the pidfile; writes no FLUSH covered are there after a restart;
+# --tcp on a free port; the daemon forking into the background; exports
+# created after the daemon started; --export limits what is served;
+# --exit-with-parent; `kiln snapshot create` without the daemon on a volume
+# nobody serves; bad command lines are refused with a message.
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/nbd-functions.sh"
+requires_libnbd_python
+requires openssl cmp nbdcopy nbdinfo
+
+new_store
+make_random "$TMPDIR/img.raw" 3M life
+vol=$(kiln volume import "$TMPDIR/img.raw")
+blank=$(kiln volume create --size 4M)
+export SYNC=$TMPDIR/sync
+mkdir "$SYNC"
+
+# ---- SIGTERM / SIGINT with a client connected ----------------------------
+cat >"$TMPDIR/holder.py" <<'EOF'
+# holder.py URI SEED: write 16 chunks (no FLUSH), say so, then keep the
+# connection until the server ends it; exit 0 only if it did.
+import os
+import random
+import sys
+import time
+
+import nbd
+
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+for i in range(16):
+    h.pwrite(random.Random("%s%d" % (sys.argv[2], i)).randbytes(65536), (8 + i) * 65536)
+open(os.path.join(os.environ["SYNC"], "written-" + sys.argv[2]), "w").close()
+for _ in range(150):
+    try:
+        h.pread(512, 0)
+    except nbd.Error as e:
+        print("the server ended the connection: %s" % e.string)
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit("the connection outlived the server's shutdown by 15 s")
+EOF
+check_chunks() { # URI SEED: chunks 8-23 hold what holder.py SEED wrote
+	nbdsh -u "$1" -c "
+import random, sys
+bad = [i for i in range(16) if h.pread(65536, (8 + i) * 65536) != random.Random('$2%d' % i).randbytes(65536)]
+if bad:
+    sys.exit('chunks %s written before the daemon stopped are lost' % [8 + i for i in bad])
+"
+}
+
+# idle.py SOCK TAG: a client that stops in the middle of the handshake
+cat >"$TMPDIR/idle.py" <<'EOF'
+import os
+import socket
+import sys
+
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(15)
+s.connect(sys.argv[1])
+s.recv(18)
+s.sendall(b"\0\0\0\1")
+open(os.path.join(os.environ["SYNC"], "idle-" + sys.argv[2]), "w").close()
+try:
+    sys.exit(0 if s.recv(1) == b"" else "the server sent something")
+except socket.timeout:
+    sys.exit("a client in the handshake outlived the server's shutdown by 15 s")
+EOF
+
+for sig in TERM INT; do
+	start_nbd
+	nbdsh_run "$TMPDIR/holder.py" "$(nbd_uri "$blank")" "$sig" >"$TMPDIR/holder.out" 2>&1 &
+	pid_h=$!
+	/usr/bin/python3 "$TMPDIR/idle.py" "$NBD_SOCK" "$sig" >"$TMPDIR/idle.out" 2>&1 &
+	pid_i=$!
+	cleanup_fn "kill $pid_h $pid_i 2>/dev/null"
+	wait_until 30 test -e "$SYNC/written-$sig" || fail "the client did not write: $(cat "$TMPDIR/holder.out")"
+	wait_until 30 test -e "$SYNC/idle-$sig" || fail "the idle client did not connect: $(cat "$TMPDIR/idle.out")"
+	sock=$NBD_SOCK pidfile=$NBD_PIDFILE
+	signal_nbd $sig
+	[ ! -e "$sock" ] || fail "the socket $sock is left after SIG$sig"
+	[ ! -e "$pidfile" ] || fail "the pidfile $pidfile is left after SIG$sig"
+	rc=0
+	wait $pid_h || rc=$?
+	cat "$TMPDIR/holder.out"
+	assert_eq "$rc" 0 "the client's view of SIG$sig"
+	rc=0
+	wait $pid_i || rc=$?
+	assert_eq "$rc" 0 "the idle client's view of SIG$sig: $(cat "$TMPDIR/idle.out")"
+	assert_eq "$(vol_field "$blank" State)" available "State of $blank after SIG$sig"
+	# the daemon flushed on the way out: the tool and a new daemon see the data
+	start_nbd
+	check_chunks "$(nbd_uri "$blank")" "$sig"
+	stop_nbd
+done
+
+# ---- --tcp on a free port, and without a host ---------------------------
+port=$(free_tcp_port)
+start_nbd_tcp "127.0.0.1:$port"
+nbdinfo --can connect "$(nbd_tcp_uri "$vol" "$port")"
+nbdcopy "$(nbd_tcp_uri "$vol" "$port")" "$TMPDIR/tcp.raw"
+cmp "$TMPDIR/tcp.raw" "$TMPDIR/img.raw" || fail "nbdcopy over TCP reads wrong bytes"
+nbdsh -c "h.set_export_name('$vol')" -c "h.connect_tcp('127.0.0.1', '$port')" \
+	-c "assert h.get_size() == $((3 * 1024 * 1024)), h.get_size()"
+nbdsh -u "$(nbd_tcp_uri "$blank" "$port")" -c 'h.pwrite(b"T" * 4096, 65536); h.flush()'
+stop_nbd
+port=$(free_tcp_port)
+start_nbd_tcp "$port"
+nbdsh -u "$(nbd_tcp_uri "$blank" "$port")" -c 'assert h.pread(4096, 65536) == b"T" * 4096, "TCP write lost"'
+stop_nbd
+
+# ---- exports made after the daemon started -------------------------------
+start_nbd
+late=$(kiln volume create --size 2M)
+snap=$(kiln snapshot create "$vol" --description late)
+nbdinfo --list "$(nbd_uri "")" >"$TMPDIR/list.txt"
+grep -q "^export=\"$late\":" "$TMPDIR/list.txt" || fail "a volume made after the daemon started is not listed"
+grep -q "^export=\"$snap\":" "$TMPDIR/list.txt" || fail "a snapshot made after the daemon started is not listed"
+nbdcopy "$(nbd_uri "$snap")" "$TMPDIR/late-snap.raw"
+cmp "$TMPDIR/late-snap.raw" "$TMPDIR/img.raw" || fail "the late snapshot $snap reads wrong"
+nbdsh -u "$(nbd_uri "$late")" -c 'h.pwrite(b"L" * 512, 0)' -c 'assert h.pread(512, 0) == b"L" * 512'
+
+# ---- kiln snapshot create, no daemon involved, on a volume nobody serves --
+# The daemon runs and serves the region; once its last client of $late
+# has gone it lets go of the volume, and kiln opens it itself.
+head -c 512 /dev/zero | tr '\0' L >"$TMPDIR/late.raw"
+truncate -s 2M "$TMPDIR/late.raw"
+idle() { [ "$(vol_field "$late" State)" = available ]; }
+wait_until 10 idle || fail "the daemon still holds $late after its client left"
+s_late=$(kiln snapshot create "$late")
+cmp_snapshot "$s_late" "$TMPDIR/late.raw"
+assert_eq "$(vol_field "$late" State)" available "State of $late after the snapshot"
+stop_nbd
+s_vol=$(kiln snapshot create "$vol")
+cmp_snapshot "$s_vol" "$TMPDIR/img.raw"
+
+# ---- --export limits what is served --------------------------------------
+start_nbd --export "$vol" --export "$snap"
+nbdinfo --list --json "$(nbd_uri "")" >"$TMPDIR/only.json"
+assert_eq "$(json "$TMPDIR/only.json" "' '.join(sorted(e['export-name'] for e in j['exports']))")" \
+	"$(printf '%s\n' "$vol" "$snap" | sort | tr '\n' ' ' | sed 's/ $//')" "exports listed with --export"
+rc=0
+nbdinfo "$(nbd_uri "$blank")" >/dev/null 2>"$TMPDIR/err" || rc=$?
+[ "$rc" -ne 0 ] || fail "a volume not named by --export is served"
+grep -q "$blank" "$TMPDIR/err" || fail "refusing $blank: the message does not name it: $(cat "$TMPDIR/err")"
+stop_nbd
+rc=0
+"$KILN_NBD" --unix "$TMPDIR/x.sock" --foreground --export vol-0123456789abcdef0 2>"$TMPDIR/err" || rc=$?
+assert_eq "$rc" 1 "exit status with --export of a missing volume"
+grep -q "vol-0123456789abcdef0" "$TMPDIR/err" || fail "--export of a missing volume: $(cat "$TMPDIR/err")"
+
+# ---- the daemon forks into the background ---------------------------------
+sock=$TMPDIR/bg.sock pidfile=$TMPDIR/bg.pid
+"$KILN_NBD" --unix "$sock" --pidfile "$pidfile" 2>"$TMPDIR/bg.err" ||
+	fail "kiln-nbd (daemon mode) exited $?: $(cat "$TMPDIR/bg.err")"
+# the parent has exited 0; the pidfile names the daemon, which is serving
+wait_until 30 test -s "$pidfile" || fail "no pidfile from the background daemon"
+bgpid=$(cat "$pidfile")
+cleanup_fn "kill $bgpid 2>/dev/null"
+nbd_alive "$bgpid" || fail "the background daemon $bgpid is not running"
+[ "$(ps -o ppid= -p "$bgpid" | tr -d ' ')" != $$ ] || fail "the daemon did not detach from us"
+nbdcopy "$(nbd_uri "$vol" "$sock")" "$TMPDIR/bg.raw"
+cmp "$TMPDIR/bg.raw" "$TMPDIR/img.raw" || fail "the background daemon serves wrong bytes"
+kill -TERM "$bgpid"
+wait_until 10 eval "! nbd_alive $bgpid" || fail "the background daemon still runs 10 s after SIGTERM"
+[ ! -e "$sock" ] && [ ! -e "$pidfile" ] || fail "the background daemon left its socket or pidfile"
+
+# ---- --exit-with-parent ----------------------------------------------------
+# The parent prints the daemon's pid (the pidfile may be gone by the time
+# we look: the daemon removes it on the way out).
+sock=$TMPDIR/ewp.sock pidfile=$TMPDIR/ewp.pid
+ewp=$(/usr/bin/python3 - "$KILN_NBD" "$sock" "$pidfile" <<'EOF'
+import os
+import subprocess
+import sys
+import time
+
+p = subprocess.Popen([sys.argv[1], "--unix", sys.argv[2], "--pidfile", sys.argv[3],
+                      "--foreground", "--exit-with-parent"])
+for _ in range(300):
+    if os.path.exists(sys.argv[3]):
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("no pidfile")
+print(p.pid, flush=True)
+os._exit(0)
+EOF
+)
+echo "the parent of kiln-nbd $ewp (--foreground --exit-with-parent) has exited"
+cleanup_fn "kill $ewp 2>/dev/null"
+wait_until 10 eval "! nbd_alive $ewp" || fail "kiln-nbd --exit-with-parent outlived its parent by 10 s"
+[ ! -e "$sock" ] && [ ! -e "$pidfile" ] || fail "kiln-nbd --exit-with-parent left its socket or pidfile"
+# The same without --foreground: whoever started kiln-nbd is its parent
+# as far as the user is concerned (nbdkit: --exit-with-parent implies
+# --foreground). Checked, not asserted, so the rest of the test runs.
+sock=$TMPDIR/ewp2.sock pidfile=$TMPDIR/ewp2.pid
+ewp=$(/usr/bin/python3 - "$KILN_NBD" "$sock" "$pidfile" <<'EOF'
+import os
+import subprocess
+import sys
+import time
+
+p = subprocess.Popen([sys.argv[1], "--unix", sys.argv[2], "--pidfile", sys.argv[3], "--exit-with-parent"])
+for _ in range(300):
+    if os.path.exists(sys.argv[3]) and open(sys.argv[3]).read().strip():
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("no pidfile")
+print(open(sys.argv[3]).read().strip(), flush=True)
+os._exit(0)
+EOF
+)
+echo "the process that started kiln-nbd $ewp (--exit-with-parent, forking) has exited"
+cleanup_fn "kill $ewp 2>/dev/null"
+gone=yes
+wait_until 10 eval "! nbd_alive $ewp" || gone="no, pid $ewp runs on (parent $(ps -o ppid= -p "$ewp" | tr -d ' '))"
+check_eq "$gone" yes "kiln-nbd --exit-with-parent (without --foreground) exited with the process that started it"
+
+# ---- bad command lines ------------------------------------------------------
+expect_fail "$KILN_NBD"
+[[ $ERR == *"choose exactly one"* ]] || fail "no listening mode: $ERR"
+expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --tcp 1234
+expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --export bogus
+[[ $ERR == *bogus* ]] || fail "--export bogus: $ERR"
+expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --store "$TMPDIR/nostore" --foreground
+[[ $ERR == *"not a kiln store"* ]] || fail "a missing store: $ERR"
+expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --threads 0
+expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" extra-argument
+"$KILN_NBD" --help | grep -q -- "--socket-activation" || fail "--help"
+finish
