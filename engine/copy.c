@@ -89,7 +89,7 @@ static int copy_chunks(struct copy_ctx *c, const struct manifest *m)
 		}
 		c->done++;
 		if (c->progress && (c->done % 1024 == 0 || last))
-			c->progress(c->opaque, c->done, c->total);
+			c->progress(c->opaque, c->done * cs, c->total * cs);  /* bytes, as the API says */
 	}
 	return cs_commit(c->dst->cs);
 out_abort:

@@ -147,11 +147,19 @@ static int check_boot(const struct kiln_image_spec *spec, const char *root_snap,
 				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with uefi: no EFI "
 					   "system partition with a FAT filesystem (found: %s %s)", root_snap,
 					   p->partition_table[0] ? p->partition_table : "no partition table", fs);
+			if (!p->boot_signature && uefi)
+				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with legacy-bios: "
+					   "sector 0 has no boot signature (0x55AA); it has an EFI system partition: "
+					   "use uefi", root_snap);
 			if (!p->boot_signature)
 				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has no "
 					   "boot signature (0x55AA) and there is no EFI system partition "
 					   "(found: %s %s)", root_snap,
 					   p->partition_table[0] ? p->partition_table : "no partition table", fs);
+			if (mode && strcmp(mode, "legacy-bios") == 0 && uefi)
+				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with legacy-bios: "
+					   "sector 0 has no boot code (it has an EFI system partition: use uefi)",
+					   root_snap);
 			return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has a boot "
 				   "signature but no boot code, and there is no EFI system partition", root_snap);
 		}
@@ -430,7 +438,11 @@ int kiln_image_deregister(struct kiln_region *rg, const char *caller, const char
 			seen |= strcmp(im->mappings[j].snapshot_id, m->snapshot_id) == 0;
 		if (seen)
 			continue;
-		if (catalog_snapshot_images(rg->cat, m->snapshot_id, note_other_image, &o) > 0) {
+		struct kiln_snapshot_info snap;
+
+		if (catalog_snapshot_get(rg->cat, m->snapshot_id, &snap) == 0 && strcmp(snap.owner, caller) != 0) {
+			snprintf(result, sizeof result, "kept: owned by account %s", snap.owner);
+		} else if (catalog_snapshot_images(rg->cat, m->snapshot_id, note_other_image, &o) > 0) {
 			snprintf(result, sizeof result, "kept: image %s still uses it", o.found);
 		} else {
 			r2 = kiln_snapshot_delete(rg, m->snapshot_id);

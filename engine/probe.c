@@ -27,7 +27,7 @@
 static const struct {
 	const char *guid, *arch;
 } root_types[] = {
-	{ "4f68bce3-e8cd-4c0e-a441-75ec7a2f3c8d", "x86_64" },
+	{ "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "x86_64" },
 	{ "44479540-f297-41b2-9af7-d131d5f0458a", "i386" },
 	{ "b921b045-1df0-41c3-af44-4c6f280d3fae", "arm64" },
 };

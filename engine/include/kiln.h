@@ -371,8 +371,7 @@ struct kiln_image_info {
  * RegisterImage (see docs/IMAGES.md); on refusal returns -EINVAL (bad
  * argument), -EEXIST (name taken), -ENOENT/-EXDEV (snapshot unknown or in
  * another region), -EACCES (snapshot not usable by account), -ENOEXEC
- * (the root cannot boot), and sets *ret_why to a message (static or in
- * ret_why_buf). */
+ * (the root cannot boot), and writes the reason into why (why_len bytes). */
 int kiln_image_register(struct kiln_region *region, const char *account,
 			const struct kiln_image_spec *spec, char ret_id[KILN_ID_MAX],
 			char *why, size_t why_len);

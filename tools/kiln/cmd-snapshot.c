@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* cmd-snapshot.c: kiln snapshot create, describe, delete, export and diff. */
+/* cmd-snapshot.c: kiln snapshot create, describe, delete, export, diff and its attributes. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -289,4 +289,106 @@ int cmd_snapshot_diff(struct cli_ctx *ctx, const struct cli_args *args)
 		free(buf);
 	}
 	return EXIT_SUCCESS;
+}
+
+/* ---- createVolumePermission ------------------------------------------ */
+
+/* The snapshot, which must be the caller's (as EC2 has it for its
+ * attributes); -1 after a message. */
+static int check_owner(const struct cli_ctx *ctx, const char *snap)
+{
+	struct kiln_snapshot_info si;
+	int r;
+
+	if (!check_id("snapshot", snap))
+		return -1;
+	r = kiln_snapshot_describe(ctx->region, snap, &si);
+	if (r < 0) {
+		err_id(ctx, "snapshot", snap, r);
+		return -1;
+	}
+	if (strcmp(si.owner, ctx->account) != 0) {
+		err_id(ctx, "snapshot", snap, -EPERM);
+		return -1;
+	}
+	return 0;
+}
+
+int cmd_snapshot_modify_attribute(struct cli_ctx *ctx, const struct cli_args *args)
+{
+	const char *snap = args->argv[0];
+	struct perm_change pc;
+	int r;
+
+	if (!check_id("snapshot", snap))
+		return EXIT_FAILURE;
+	if (perm_change_parse("create-volume-permission", arg_opt(args, "create-volume-permission"),
+			      &pc) < 0)
+		return EXIT_FAILURE;
+	r = kiln_snapshot_modify_create_volume_permission(ctx->region, ctx->account, snap,
+							  pc.add, pc.nadd, pc.add_all,
+							  pc.remove, pc.nremove, pc.remove_all);
+	perm_change_free(&pc);
+	if (r < 0) {
+		err_id(ctx, "snapshot", snap, r);
+		return EXIT_FAILURE;
+	}
+	return EXIT_SUCCESS;
+}
+
+struct permission_list {
+	bool all;
+	char **users;
+	size_t n;
+};
+
+static int add_permission(void *opaque, const char *who)
+{
+	struct permission_list *l = opaque;
+
+	if (strcmp(who, "all") == 0) {
+		l->all = true;
+		return 0;
+	}
+	l->users = xrealloc(l->users, l->n + 1, sizeof(*l->users));
+	l->users[l->n++] = xstrdup(who);
+	return 0;
+}
+
+int cmd_snapshot_describe_attribute(struct cli_ctx *ctx, const struct cli_args *args)
+{
+	const char *snap = args->argv[0], *attr = arg_opt(args, "attribute");
+	struct permission_list l = { false, NULL, 0 };
+	struct json j;
+	size_t i;
+	int r, status = EXIT_FAILURE;
+
+	if (strcmp(attr, "createVolumePermission") != 0) {
+		errmsg("invalid --attribute '%s': expected createVolumePermission", attr);
+		return EXIT_FAILURE;
+	}
+	if (check_owner(ctx, snap) < 0)
+		return EXIT_FAILURE;
+	r = kiln_snapshot_list_create_volume_permission(ctx->region, snap, add_permission, &l);
+	if (r < 0) {
+		err_id(ctx, "snapshot", snap, r);
+		goto out;
+	}
+	if (ctx->output == OUTPUT_JSON) {
+		json_init(&j, stdout);
+		json_object_begin(&j);
+		json_kv_string(&j, "SnapshotId", snap);
+		json_permissions(&j, "CreateVolumePermissions", l.all,
+				 (const char *const *)l.users, l.n);
+		json_object_end(&j);
+		json_finish(&j);
+	} else {
+		print_permissions_text(l.all, (const char *const *)l.users, l.n);
+	}
+	status = EXIT_SUCCESS;
+out:
+	for (i = 0; i < l.n; i++)
+		free(l.users[i]);
+	free(l.users);
+	return status;
 }

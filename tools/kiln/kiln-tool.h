@@ -37,19 +37,30 @@ struct cli_ctx {
 	struct kiln_region *region;
 };
 
+#define OPT_MULTI    1u            /* takes several values, AWS style (see main.c) */
+#define OPT_REQUIRED 2u            /* the command cannot run without it */
+
 /* One option of a command, spelled --name or --name=value. */
 struct cli_option {
 	const char *name;              /* without the leading "--" */
 	const char *metavar;           /* NULL: a flag without a value */
 	const char *help;
+	unsigned flags;                /* OPT_* */
 };
 
-#define CLI_MAX_OPTIONS 8
+#define CLI_MAX_OPTIONS 16
+
+/* The values of an OPT_MULTI option, in command-line order. */
+struct cli_list {
+	const char **v;
+	size_t n;
+};
 
 /* What main.c parsed for a command besides the global options. */
 struct cli_args {
 	const struct cli_command *cmd;
-	const char *values[CLI_MAX_OPTIONS];  /* by index in cmd->options */
+	const char *values[CLI_MAX_OPTIONS];  /* by index in cmd->options; "" for a flag */
+	struct cli_list lists[CLI_MAX_OPTIONS];  /* the same, for OPT_MULTI options */
 	char **argv;                   /* positional arguments */
 	int argc;
 };
@@ -69,8 +80,12 @@ struct cli_command {
 	int min_args, max_args;
 };
 
-/* main.c */
-const char *arg_opt(const struct cli_args *args, const char *name);
+/* main.c: a command's options by name (which must be in its table) */
+const char *arg_opt(const struct cli_args *args, const char *name);  /* NULL: not given */
+bool arg_flag(const struct cli_args *args, const char *name);
+const char *const *arg_list(const struct cli_args *args, const char *name, size_t *ret_n);
+/* main.c: a region name like "us-east-1": lowercase letters, digits, dashes */
+bool region_name_valid(const char *s);
 
 /* cmd-region.c: the store's region names, sorted; free with strv_free() */
 int region_names(struct kiln_store *store, char ***ret_names, size_t *ret_n);
@@ -92,6 +107,16 @@ int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_snapshot_delete(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_snapshot_export(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_snapshot_diff(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_snapshot_modify_attribute(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_snapshot_describe_attribute(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_register(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_describe(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_describe_attribute(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_modify_attribute(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_reset_attribute(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_deregister(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_copy(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_wait_image_available(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_store_stats(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_store_verify(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_store_gc(struct cli_ctx *ctx, const struct cli_args *args);
@@ -110,7 +135,8 @@ void errmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void errmsg_errno(int r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* kind is "volume" or "snapshot"; prints why the engine refused id */
 void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r);
-/* false (and a message) unless id is a well-formed id of that kind */
+/* kind is "volume", "snapshot" or "image": false (and a message) unless
+ * id is a well-formed id of that kind */
 bool check_id(const char *kind, const char *id);
 void err_store_open(const char *dir, int r);
 void err_region_open(const char *store_dir, const char *region, int r);
@@ -147,7 +173,75 @@ void json_u64(struct json *j, uint64_t v);
 void json_ratio(struct json *j, double v);
 void json_kv_string(struct json *j, const char *key, const char *s);
 void json_kv_u64(struct json *j, const char *key, uint64_t v);
+void json_bool(struct json *j, bool v);
+void json_null(struct json *j);
+/* a number written as given: the caller vouches that it is a JSON number */
+void json_number_text(struct json *j, const char *literal);
+void json_kv_bool(struct json *j, const char *key, bool v);
 void json_finish(struct json *j);
+
+/* output.c: length of the well-formed UTF-8 sequence at p (RFC 3629), 0 if
+ * none; p must be NUL-terminated */
+size_t utf8_len(const unsigned char *p);
+
+/* json-parse.c: a strict JSON (RFC 8259) parser into a tree */
+#define JSON_PARSE_MAX_SIZE (1024 * 1024)  /* bytes of input */
+#define JSON_PARSE_MAX_DEPTH 32            /* nested arrays and objects */
+#define JSON_PARSE_MAX_MEMBERS 4096        /* members of one object */
+
+enum json_type {
+	JSON_NULL,
+	JSON_BOOL,
+	JSON_NUMBER,
+	JSON_STRING,
+	JSON_ARRAY,
+	JSON_OBJECT,
+};
+
+struct json_node {
+	enum json_type type;
+	unsigned line, column;         /* where it starts (1-based, in characters) */
+	bool boolean;                  /* JSON_BOOL */
+	bool integer;                  /* JSON_NUMBER without fraction or exponent */
+	char *text;                    /* JSON_STRING: UTF-8, no NUL; JSON_NUMBER: as written */
+	char **keys;                   /* JSON_OBJECT: member names, in order */
+	struct json_node **items;      /* JSON_ARRAY: elements; JSON_OBJECT: member values */
+	size_t n;
+};
+
+/* Parses text[0..len) (text[len] must be NUL) with at most max_depth
+ * nested containers; on error, err gets "line L, column C: what". */
+int json_parse(const char *text, size_t len, int max_depth, struct json_node **ret_root,
+	       char *err, size_t errsize);
+void json_node_free(struct json_node *n);
+/* "a string", "an array", ... */
+const char *json_type_name(enum json_type t);
+/* the member named key of an object, or NULL */
+const struct json_node *json_node_get(const struct json_node *obj, const char *key);
+/* true when n is an integer in 0..UINT64_MAX */
+bool json_node_u64(const struct json_node *n, uint64_t *ret_value);
+/* writes n with the JSON writer (n must fit its depth) */
+void json_write_node(struct json *j, const struct json_node *n);
+/* The JSON of option --opt: arg itself, or the file it names as
+ * "file://PATH". 0, or -1 after a message "kiln: --opt: why". */
+int json_parse_arg(const char *opt, const char *arg, struct json_node **ret_root);
+
+/* cmd-image.c: a change of launch or create-volume permissions, as JSON
+ * {"Add":[{"UserId":"ACCOUNT"}|{"Group":"all"}, ...],"Remove":[...]} */
+struct perm_change {
+	struct json_node *root;        /* owns the strings below */
+	const char **add, **remove;
+	size_t nadd, nremove;
+	bool add_all, remove_all;
+};
+/* 0, or -1 after a message naming --opt and what is wrong */
+int perm_change_parse(const char *opt, const char *arg, struct perm_change *ret_change);
+void perm_change_free(struct perm_change *pc);
+/* "key": [{"Group": "all"}, {"UserId": ...}, ...] */
+void json_permissions(struct json *j, const char *key, bool group_all,
+		      const char *const *users, size_t nusers);
+/* the same as a table on stdout (nothing when there is none) */
+void print_permissions_text(bool group_all, const char *const *users, size_t nusers);
 
 /* output.c: a plain text table, columns aligned by their widest cell */
 struct table {

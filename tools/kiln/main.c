@@ -6,6 +6,12 @@
  * a command's own options may come anywhere after its words. Options are
  * "--name value" or "--name=value"; "--" ends them. Help at every level is
  * made from the one table below.
+ *
+ * An OPT_MULTI option takes its values as the AWS CLI does: every word
+ * after it up to the next word that starts with "--" (or "-h"), so
+ * "--image-ids a b c"; given again, it adds to what it has, so "--tag K=V
+ * --tag K2=V2" and "--tag K=V K2=V2" are the same. "--name=value" gives
+ * exactly one value, and the words after it are positional again.
  */
 #include <assert.h>
 #include <ctype.h>
@@ -17,7 +23,7 @@
 #include "kiln-tool.h"
 
 static const struct cli_option no_options[] = {
-	{ NULL, NULL, NULL },
+	{ NULL, NULL, NULL, 0 },
 };
 
 static const struct cli_option init_options[] = {
@@ -25,23 +31,113 @@ static const struct cli_option init_options[] = {
 	  "a power of two from 4K to 4M (default 64K);\n"
 	  "a bare number is bytes" },
 	{ "zstd-level", "N", "zstd level, -7 (fastest) to 19 (default: 1)" },
-	{ NULL, NULL, NULL },
+	{ NULL, NULL, NULL, 0 },
 };
 
 static const struct cli_option volume_create_options[] = {
 	{ "size", "SIZE", "K, M, G or T suffix; a bare number is GiB" },
 	{ "snapshot-id", "SNAPSHOT-ID", "make a copy-on-write volume of this snapshot" },
-	{ NULL, NULL, NULL },
+	{ NULL, NULL, NULL, 0 },
 };
 
 static const struct cli_option volume_import_options[] = {
 	{ "volume-id", "VOLUME-ID", "write into this existing volume, not a new one" },
-	{ NULL, NULL, NULL },
+	{ NULL, NULL, NULL, 0 },
 };
 
 static const struct cli_option snapshot_create_options[] = {
 	{ "description", "TEXT", "a description (at most 255 bytes)" },
-	{ NULL, NULL, NULL },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option snapshot_modify_attribute_options[] = {
+	{ "create-volume-permission", "JSON|file://PATH",
+	  "{\"Add\":[{\"UserId\":\"ACCOUNT\"}|{\"Group\":\"all\"}],\n"
+	  "\"Remove\":[...]}", OPT_REQUIRED },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option snapshot_describe_attribute_options[] = {
+	{ "attribute", "createVolumePermission", "the attribute to show", OPT_REQUIRED },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_register_options[] = {
+	{ "name", "NAME", "3 to 128 characters, unique for the owner\nin the region",
+	  OPT_REQUIRED },
+	{ "root-device-name", "DEVICE", "the root device, e.g. /dev/xvda", OPT_REQUIRED },
+	{ "block-device-mappings", "JSON|file://PATH",
+	  "the mappings: a JSON array of objects with\n"
+	  "DeviceName and one of Ebs {SnapshotId,\n"
+	  "VolumeSize, DeleteOnTermination, VolumeType},\n"
+	  "VirtualName or NoDevice", OPT_REQUIRED },
+	{ "architecture", "ARCH", "x86_64, arm64 or i386 (default: what the\n"
+	  "root snapshot's contents tell)", 0 },
+	{ "boot-mode", "MODE", "legacy-bios, uefi or uefi-preferred\n"
+	  "(default: what the root snapshot's contents tell)", 0 },
+	{ "virtualization-type", "hvm", "the only type there is (default)", 0 },
+	{ "description", "TEXT", "a description (at most 255 bytes)", 0 },
+	{ "tag", "KEY=VALUE", "a tag; several may follow one --tag", OPT_MULTI },
+	{ "no-verify-boot", NULL, "register even when the root snapshot does\n"
+	  "not look bootable", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_describe_options[] = {
+	{ "image-ids", "IMAGE-ID", "only these images; each must exist", OPT_MULTI },
+	{ "owners", "self|ACCOUNT", "only images of these owners", OPT_MULTI },
+	{ "executable-users", "self|all|ACCOUNT",
+	  "only images these may launch by a permission:\n"
+	  "self: shared with the caller, or public;\n"
+	  "all: public; ACCOUNT: shared with it", OPT_MULTI },
+	{ "filters", "Name=N,Values=V1,V2",
+	  "only images matching every filter (one of its\n"
+	  "values, with * and ? wildcards); see kiln(1)", OPT_MULTI },
+	{ "image-type", "mine|shared|community",
+	  "mine: the caller owns them; shared: shared\n"
+	  "with the caller; community: public", OPT_MULTI },
+	{ "include-deprecated", NULL, "also deprecated images (kiln deprecates\n"
+	  "none, so this changes nothing)", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_describe_attribute_options[] = {
+	{ "attribute", "NAME", "launchPermission, description, bootMode\n"
+	  "or blockDeviceMapping", OPT_REQUIRED },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_modify_attribute_options[] = {
+	{ "launch-permission", "JSON|file://PATH",
+	  "{\"Add\":[{\"UserId\":\"ACCOUNT\"}|{\"Group\":\"all\"}],\n"
+	  "\"Remove\":[...]}", 0 },
+	{ "description", "TEXT", "the new description (at most 255 bytes)", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_reset_attribute_options[] = {
+	{ "attribute", "launchPermission", "the attribute to reset", OPT_REQUIRED },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_deregister_options[] = {
+	{ "delete-associated-snapshots", NULL,
+	  "also delete the image's snapshots that no\nother image uses", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_copy_options[] = {
+	{ "source-region", "REGION", "the region the image is in", OPT_REQUIRED },
+	{ "source-image-id", "IMAGE-ID", "the image to copy", OPT_REQUIRED },
+	{ "name", "NAME", "the new image's name", OPT_REQUIRED },
+	{ "description", "TEXT", "its description (default: none)", 0 },
+	{ "copy-image-tags", NULL, "copy the image's tags too", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option wait_options[] = {
+	{ "timeout", "SECONDS", "give up after this long (default: 600)", 0 },
+	{ NULL, NULL, NULL, 0 },
 };
 
 /* Every command: its help at every level comes from here. */
@@ -92,6 +188,68 @@ static const struct cli_command commands[] = {
 	  "Prints one \"OFFSET LENGTH\" line (in bytes) per run of changed chunks,\n"
 	  "like EBS ListChangedBlocks.",
 	  no_options, 2, 2 },
+	{ "snapshot", "modify-attribute", cmd_snapshot_modify_attribute, CMD_STORE | CMD_REGION,
+	  "SNAPSHOT-ID", "share a snapshot with accounts, or with everyone",
+	  "Adds and removes create-volume permissions: accounts (\"UserId\") or\n"
+	  "the group \"all\" (public). Only the snapshot's owner may.",
+	  snapshot_modify_attribute_options, 1, 1 },
+	{ "snapshot", "describe-attribute", cmd_snapshot_describe_attribute,
+	  CMD_STORE | CMD_REGION,
+	  "SNAPSHOT-ID", "show whom a snapshot is shared with",
+	  "Only the snapshot's owner may.",
+	  snapshot_describe_attribute_options, 1, 1 },
+	{ "image", "register", cmd_image_register, CMD_STORE | CMD_REGION,
+	  "", "register an image (AMI) made of snapshots",
+	  "Every snapshot mapped must be completed, in the region and usable by\n"
+	  "the caller; the root device must be mapped. The root snapshot is\n"
+	  "probed and an image that cannot boot is refused, unless\n"
+	  "--no-verify-boot. Prints the new image's id (ami-...). Example:\n"
+	  "  --block-device-mappings '[{\"DeviceName\":\"/dev/xvda\",\n"
+	  "     \"Ebs\":{\"SnapshotId\":\"snap-...\",\"VolumeSize\":8}}]'",
+	  image_register_options, 0, 0 },
+	{ "image", "describe", cmd_image_describe, CMD_STORE | CMD_REGION,
+	  "", "describe the images the caller may launch",
+	  "Lists the caller's images, those shared with it and public ones, by\n"
+	  "creation date. Filters given together must all match. Filter names:\n"
+	  "architecture, block-device-mapping.delete-on-termination,\n"
+	  "block-device-mapping.device-name, block-device-mapping.snapshot-id,\n"
+	  "block-device-mapping.volume-size, block-device-mapping.volume-type,\n"
+	  "boot-mode, creation-date, description, image-id, image-type,\n"
+	  "is-public, name, owner-id, root-device-name, root-device-type,\n"
+	  "source-image-id, source-image-region, state, tag:KEY, tag-key,\n"
+	  "virtualization-type.",
+	  image_describe_options, 0, 0 },
+	{ "image", "describe-attribute", cmd_image_describe_attribute, CMD_STORE | CMD_REGION,
+	  "IMAGE-ID", "show one attribute of an image",
+	  "Only the owner may see launchPermission.",
+	  image_describe_attribute_options, 1, 1 },
+	{ "image", "modify-attribute", cmd_image_modify_attribute, CMD_STORE | CMD_REGION,
+	  "IMAGE-ID", "change who may launch an image, or its description",
+	  "Give --launch-permission or --description. Launch permissions are\n"
+	  "accounts (\"UserId\") and the group \"all\" (public). Only the\n"
+	  "owner may.",
+	  image_modify_attribute_options, 1, 1 },
+	{ "image", "reset-attribute", cmd_image_reset_attribute, CMD_STORE | CMD_REGION,
+	  "IMAGE-ID", "make an image private to its owner again",
+	  "Removes every launch permission. Only the owner may.",
+	  image_reset_attribute_options, 1, 1 },
+	{ "image", "deregister", cmd_image_deregister, CMD_STORE | CMD_REGION,
+	  "IMAGE-ID", "deregister an image",
+	  "Only the owner may. With --delete-associated-snapshots, prints for\n"
+	  "each snapshot of the image \"SNAPSHOT-ID: deleted\" or why it was kept.",
+	  image_deregister_options, 1, 1 },
+	{ "image", "copy", cmd_image_copy, CMD_STORE | CMD_REGION,
+	  "", "copy an image from another region into this one",
+	  "Copies the image --source-image-id from --source-region into the\n"
+	  "region given with --region, with new snapshots, owned by the caller.\n"
+	  "Only the chunks that region lacks move, each verified; running an\n"
+	  "interrupted copy again resumes it. Prints the new image's id.",
+	  image_copy_options, 0, 0 },
+	{ "wait", "image-available", cmd_wait_image_available, CMD_STORE | CMD_REGION,
+	  "IMAGE-ID", "wait until an image is available",
+	  "Exits 0 once the image is available, 1 if it failed (with the\n"
+	  "reason), 2 when --timeout passes first.",
+	  wait_options, 1, 1 },
 	{ "store", "stats", cmd_store_stats, CMD_STORE,
 	  "", "sizes, dedup and compression ratios per region",
 	  "Covers every region, or only the one given with --region.",
@@ -127,7 +285,7 @@ static const struct cli_option global_options[] = {
 			"else the store's default account)" },
 	[G_OUTPUT] = { "output", "text|json", "output format (default: text)" },
 	[G_DEBUG] = { "debug", NULL, "engine debug messages on stderr (KILN_DEBUG=1)" },
-	[_G_MAX] = { NULL, NULL, NULL },
+	[_G_MAX] = { NULL, NULL, NULL, 0 },
 };
 
 /* ---- help ----------------------------------------------------------- */
@@ -145,14 +303,20 @@ static bool noun_has_verbs(const char *noun)
 	return false;
 }
 
+/* "--name METAVAR", with " ..." when it takes several values */
+static int option_words(char *buf, size_t size, const struct cli_option *o)
+{
+	return snprintf(buf, size, "--%s%s%s%s", o->name, o->metavar ? " " : "",
+			o->metavar ? o->metavar : "", o->flags & OPT_MULTI ? " ..." : "");
+}
+
 static void print_option(FILE *f, const struct cli_option *o)
 {
-	char left[64];
+	char left[96];
 	const char *h, *nl;
 	int n;
 
-	n = snprintf(left, sizeof(left), "--%s%s%s", o->name, o->metavar ? " " : "",
-		     o->metavar ? o->metavar : "");
+	n = option_words(left, sizeof(left), o);
 	if (n > HELP_COLUMN - 4)
 		fprintf(f, "  %s\n%*s", left, HELP_COLUMN, "");
 	else
@@ -174,32 +338,68 @@ static void print_global_options(FILE *f)
 	fprintf(f, "  %-*s%s\n", HELP_COLUMN - 2, "--version", "print the version");
 }
 
+#define USAGE_WIDTH 79
+
+/* The usage line, wrapped before USAGE_WIDTH with its continuation lines
+ * indented under the first argument; required options without brackets. */
 static void print_usage_line(FILE *f, const struct cli_command *c)
 {
 	const struct cli_option *o;
+	char words[112];
+	int col, indent;
 
-	fprintf(f, "Usage: kiln %s%s%s", c->noun, c->verb ? " " : "", c->verb ? c->verb : "");
+	col = fprintf(f, "Usage: kiln %s%s%s", c->noun, c->verb ? " " : "",
+		      c->verb ? c->verb : "");
+	indent = col + 1;
 	if (*c->synopsis)
-		fprintf(f, " %s", c->synopsis);
-	for (o = c->options; o->name; o++)
-		fprintf(f, " [--%s%s%s]", o->name, o->metavar ? " " : "",
-			o->metavar ? o->metavar : "");
+		col += fprintf(f, " %s", c->synopsis);
+	for (o = c->options; o->name; o++) {
+		char opt[96];
+
+		option_words(opt, sizeof(opt), o);
+		snprintf(words, sizeof(words), o->flags & OPT_REQUIRED ? "%s" : "[%s]", opt);
+		if (col + 1 + (int)strlen(words) > USAGE_WIDTH && col > indent) {
+			fprintf(f, "\n%*s", indent - 1, "");
+			col = indent - 1;
+		}
+		col += fprintf(f, " %s", words);
+	}
 	fputc('\n', f);
+}
+
+/* The width of the first column of a command list: at least two spaces
+ * between the words and the summary. */
+static int words_width(const char *noun)
+{
+	size_t i, n, w = HELP_COLUMN - 2;
+
+	for (i = 0; i < NCOMMANDS; i++) {
+		const struct cli_command *c = &commands[i];
+
+		if (noun && (strcmp(c->noun, noun) != 0 || !c->verb))
+			continue;
+		n = noun ? strlen(c->verb) :
+		    strlen(c->noun) + (c->verb ? 1 + strlen(c->verb) : 0);
+		if (n + 2 > w)
+			w = n + 2;
+	}
+	return (int)w;
 }
 
 static void help_top(void)
 {
+	int width = words_width(NULL);
+	char words[64];
 	size_t i;
-	char words[40];
 
 	printf("Usage: kiln [OPTIONS] COMMAND [ARGS]\n\n"
-	       "kiln manages a local store of copy-on-write volumes and incremental,\n"
-	       "deduplicated snapshots.\n\n"
+	       "kiln manages a local store of copy-on-write volumes, incremental,\n"
+	       "deduplicated snapshots, and machine images made of snapshots.\n\n"
 	       "Commands:\n");
 	for (i = 0; i < NCOMMANDS; i++) {
 		snprintf(words, sizeof(words), "%s%s%s", commands[i].noun,
 			 commands[i].verb ? " " : "", commands[i].verb ? commands[i].verb : "");
-		printf("  %-*s%s\n", HELP_COLUMN - 2, words, commands[i].summary);
+		printf("  %-*s%s\n", width, words, commands[i].summary);
 	}
 	putchar('\n');
 	print_global_options(stdout);
@@ -208,13 +408,13 @@ static void help_top(void)
 
 static void help_noun(const char *noun)
 {
+	int width = words_width(noun);
 	size_t i;
 
 	printf("Usage: kiln %s COMMAND [ARGS]\n\nCommands:\n", noun);
 	for (i = 0; i < NCOMMANDS; i++) {
 		if (strcmp(commands[i].noun, noun) == 0)
-			printf("  %-*s%s\n", HELP_COLUMN - 2, commands[i].verb,
-			       commands[i].summary);
+			printf("  %-*s%s\n", width, commands[i].verb, commands[i].summary);
 	}
 	printf("\nRun 'kiln %s COMMAND --help' for a command's arguments;\n"
 	       "'kiln --help' for the global options.\n", noun);
@@ -277,8 +477,27 @@ const char *arg_opt(const struct cli_args *args, const char *name)
 {
 	const struct cli_option *o = find_option(args->cmd->options, name, strlen(name));
 
-	assert(o);
+	assert(o && !(o->flags & OPT_MULTI));
 	return args->values[o - args->cmd->options];
+}
+
+bool arg_flag(const struct cli_args *args, const char *name)
+{
+	const struct cli_option *o = find_option(args->cmd->options, name, strlen(name));
+
+	assert(o && !o->metavar);
+	return args->values[o - args->cmd->options] != NULL;
+}
+
+const char *const *arg_list(const struct cli_args *args, const char *name, size_t *ret_n)
+{
+	const struct cli_option *o = find_option(args->cmd->options, name, strlen(name));
+	const struct cli_list *l;
+
+	assert(o && (o->flags & OPT_MULTI));
+	l = &args->lists[o - args->cmd->options];
+	*ret_n = l->n;
+	return l->v;
 }
 
 /* "volume create: " or "" for messages about a command's arguments */
@@ -290,6 +509,8 @@ static void cmd_prefix(const struct cli_command *c, char *buf, size_t size)
 	else
 		buf[0] = '\0';
 }
+
+#define VERB_LIST_MAX 256
 
 static void verb_list(const char *noun, char *buf, size_t size)
 {
@@ -306,7 +527,7 @@ static void verb_list(const char *noun, char *buf, size_t size)
 /* A command word: a noun, then (for nouns with verbs) a verb. */
 static int parse_word(struct parsed *p, const char *word)
 {
-	char verbs[128];
+	char verbs[VERB_LIST_MAX];
 	size_t i;
 
 	for (i = 0; i < NCOMMANDS; i++) {
@@ -333,12 +554,26 @@ static int parse_word(struct parsed *p, const char *word)
 	return -EINVAL;
 }
 
-/* One "--name[=value]" at argv[*i]; may consume the next argument. */
+/* Where the values of an OPT_MULTI option end: at an option, "--" or -h. */
+static bool ends_values(const char *a)
+{
+	return (a[0] == '-' && a[1] == '-') || strcmp(a, "-h") == 0;
+}
+
+static void list_add(struct cli_list *l, const char *value)
+{
+	l->v = xrealloc(l->v, l->n + 1, sizeof(*l->v));
+	l->v[l->n++] = value;
+}
+
+/* One "--name[=value]" at argv[*i]; may consume the next argument, or for
+ * an OPT_MULTI option every argument up to the next option. */
 static int parse_option(struct parsed *p, int argc, char **argv, int *i)
 {
 	const char *arg = argv[*i] + 2, *eq = strchr(arg, '='), *value = NULL;
 	size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
 	const struct cli_option *o;
+	struct cli_list *list = NULL;
 	const char **slot;
 	char pre[64];
 
@@ -349,6 +584,8 @@ static int parse_option(struct parsed *p, int argc, char **argv, int *i)
 	} else if (p->cmd && (o = find_option(p->cmd->options, arg, len))) {
 		assert(o - p->cmd->options < CLI_MAX_OPTIONS);
 		slot = &p->args.values[o - p->cmd->options];
+		if (o->flags & OPT_MULTI)
+			list = &p->args.lists[o - p->cmd->options];
 	} else {
 		parse_error(p, "%sunknown option '--%.*s'", pre, (int)len, arg);
 		return -EINVAL;
@@ -360,6 +597,20 @@ static int parse_option(struct parsed *p, int argc, char **argv, int *i)
 			return -EINVAL;
 		}
 		*slot = "";
+		return 0;
+	}
+	if (list) {
+		if (eq) {
+			list_add(list, eq + 1);
+			return 0;
+		}
+		if (*i + 1 >= argc || ends_values(argv[*i + 1])) {
+			parse_error(p, "%soption --%s needs a value (%s)", pre, o->name,
+				    o->metavar);
+			return -EINVAL;
+		}
+		while (*i + 1 < argc && !ends_values(argv[*i + 1]))
+			list_add(list, argv[++*i]);
 		return 0;
 	}
 	if (eq) {
@@ -436,7 +687,9 @@ static void missing_arg(const struct cli_command *c, int n, char *buf, size_t si
 static int check_args(const struct parsed *p)
 {
 	const struct cli_command *c = p->cmd;
-	char verbs[128], name[64], pre[64];
+	const struct cli_option *o;
+	ptrdiff_t i;
+	char verbs[VERB_LIST_MAX], name[64], pre[64];
 
 	if (!p->noun) {
 		errmsg("missing command (see 'kiln --help')");
@@ -458,11 +711,19 @@ static int check_args(const struct parsed *p)
 		errmsg("%sunexpected argument '%s'", pre, p->args.argv[c->max_args]);
 		return -EINVAL;
 	}
+	for (o = c->options; o->name; o++) {
+		i = o - c->options;
+		if ((o->flags & OPT_REQUIRED) && !p->args.values[i] && !p->args.lists[i].n) {
+			cmd_prefix(c, pre, sizeof(pre));
+			errmsg("%smissing --%s %s", pre, o->name, o->metavar);
+			return -EINVAL;
+		}
+	}
 	return 0;
 }
 
 /* Region names like "us-east-1": lowercase letters, digits and dashes. */
-static bool region_name_valid(const char *s)
+bool region_name_valid(const char *s)
 {
 	size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789-");
 
@@ -568,6 +829,7 @@ int main(int argc, char **argv)
 	struct parsed p = { 0 };
 	struct cli_ctx ctx = { 0 };
 	int status, r;
+	size_t i;
 
 	r = parse_args(&p, argc, argv);
 	if (p.help) {
@@ -597,6 +859,8 @@ int main(int argc, char **argv)
 	p.args.cmd = p.cmd;
 	status = run(p.cmd, &ctx, &p.args);
 out:
+	for (i = 0; i < CLI_MAX_OPTIONS; i++)
+		free(p.args.lists[i].v);
 	free(p.args.argv);
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		errmsg_errno(-errno, "write error on standard output");

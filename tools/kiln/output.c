@@ -54,6 +54,9 @@ void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r)
 		errmsg("%s %s: corrupt data in the store (run 'kiln store verify')",
 		       kind, id);
 		break;
+	case -EPERM:
+		errmsg("only the owner of %s %s may do that", kind, id);
+		break;
 	default:
 		errmsg_errno(r, "%s %s", kind, id);
 		break;
@@ -62,7 +65,8 @@ void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r)
 
 bool check_id(const char *kind, const char *id)
 {
-	const char *prefix = strcmp(kind, "volume") == 0 ? "vol" : "snap";
+	const char *prefix = strcmp(kind, "volume") == 0 ? "vol" :
+			     strcmp(kind, "image") == 0 ? "ami" : "snap";
 
 	if (kiln_id_valid(id, prefix))
 		return true;
@@ -194,7 +198,7 @@ const char *snapshot_state_name(enum kiln_snapshot_state s)
 }
 
 /* Length of the well-formed UTF-8 sequence at p (RFC 3629), 0 if none. */
-static size_t utf8_len(const unsigned char *p)
+size_t utf8_len(const unsigned char *p)
 {
 	unsigned char c = p[0];
 	unsigned char lo = 0x80, hi = 0xbf;
@@ -373,6 +377,30 @@ void json_ratio(struct json *j, double v)
 {
 	json_prefix(j);
 	fprintf(j->f, "%.2f", v);
+}
+
+void json_bool(struct json *j, bool v)
+{
+	json_prefix(j);
+	fputs(v ? "true" : "false", j->f);
+}
+
+void json_null(struct json *j)
+{
+	json_prefix(j);
+	fputs("null", j->f);
+}
+
+void json_number_text(struct json *j, const char *literal)
+{
+	json_prefix(j);
+	fputs(literal, j->f);
+}
+
+void json_kv_bool(struct json *j, const char *key, bool v)
+{
+	json_key(j, key);
+	json_bool(j, v);
 }
 
 void json_kv_string(struct json *j, const char *key, const char *s)
