@@ -305,6 +305,9 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 	spec.boot_mode = in->boot_mode[0] ? in->boot_mode : NULL;
 	spec.mappings = maps;
 	spec.nmappings = in->ndevices;
+	/* As EC2's CreateImage: the instance's boot mode carries over, and
+	 * what it booted from is not judged again. */
+	spec.no_verify_boot = true;
 	r = kiln_image_register(rg, caller, &spec, ret_id, wbuf, wlen);
 	if (r < 0) {
 		/* All or nothing: the snapshots go with the image that failed. */

@@ -354,7 +354,7 @@ static int bdm_ebs(size_t entry, const struct json_node *ebs, struct kiln_bdm *m
 }
 
 /* --block-device-mappings: a JSON array of EC2 BlockDeviceMapping objects. */
-static int parse_mappings(const char *arg, struct kiln_bdm **ret_v, size_t *ret_n)
+int parse_mappings(const char *arg, struct kiln_bdm **ret_v, size_t *ret_n)
 {
 	static const char *const keys[] = { "DeviceName", "VirtualName", "NoDevice", "Ebs" };
 	const struct json_node *root = NULL, *e, *v;

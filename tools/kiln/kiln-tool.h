@@ -226,6 +226,17 @@ void json_write_node(struct json *j, const struct json_node *n);
  * "file://PATH". 0, or -1 after a message "kiln: --opt: why". */
 int json_parse_arg(const char *opt, const char *arg, struct json_node **ret_root);
 
+/* cmd-image.c: --block-device-mappings JSON (or file://) into a malloc'd
+ * array. 0, or -1 after a message naming the entry and the problem. */
+int parse_mappings(const char *arg, struct kiln_bdm **ret_v, size_t *ret_n);
+
+/* cmd-instance.c */
+int cmd_instance_launch(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_instance_describe(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_instance_boot(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_instance_terminate(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_image_create(struct cli_ctx *ctx, const struct cli_args *args);
+
 /* cmd-image.c: a change of launch or create-volume permissions, as JSON
  * {"Add":[{"UserId":"ACCOUNT"}|{"Group":"all"}, ...],"Remove":[...]} */
 struct perm_change {

@@ -135,6 +135,28 @@ static const struct cli_option image_copy_options[] = {
 	{ NULL, NULL, NULL, 0 },
 };
 
+static const struct cli_option instance_launch_options[] = {
+	{ "count", "N", "how many instances (default 1)", 0 },
+	{ "block-device-mappings", "JSON", "override the image's mappings by device name\n"
+	  "(JSON or file://PATH; NoDevice removes one)", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option instance_boot_options[] = {
+	{ "timeout", "SECONDS", "stop qemu after this long (default: none)", 0 },
+	{ "expect", "TEXT", "exit 0 once TEXT appears on the console", 0 },
+	{ "memory", "MIB", "guest memory in MiB (default 256)", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
+static const struct cli_option image_create_options[] = {
+	{ "instance-id", "INSTANCE-ID", "the instance to image", OPT_REQUIRED },
+	{ "name", "NAME", "the new image's name", OPT_REQUIRED },
+	{ "description", "TEXT", "its description", 0 },
+	{ "no-reboot", NULL, "do not stop a running instance for it", 0 },
+	{ NULL, NULL, NULL, 0 },
+};
+
 static const struct cli_option wait_options[] = {
 	{ "timeout", "SECONDS", "give up after this long (default: 600)", 0 },
 	{ NULL, NULL, NULL, 0 },
@@ -245,6 +267,33 @@ static const struct cli_command commands[] = {
 	  "Only the chunks that region lacks move, each verified; running an\n"
 	  "interrupted copy again resumes it. Prints the new image's id.",
 	  image_copy_options, 0, 0 },
+	{ "image", "create", cmd_image_create, CMD_STORE | CMD_REGION,
+	  "", "make an image from an instance (CreateImage)",
+	  "Snapshots every EBS volume of the instance at one point in time\n"
+	  "(incrementally: only what changed since launch is read) and registers\n"
+	  "an image with the instance's mapping. Without --no-reboot a booted\n"
+	  "instance is stopped for it and booted again in the background.",
+	  image_create_options, 0, 0 },
+	{ "instance", "launch", cmd_instance_launch, CMD_STORE | CMD_REGION,
+	  "IMAGE-ID", "launch instances of an image",
+	  "Makes one copy-on-write volume per EBS mapping (instant, no chunk\n"
+	  "bytes copied) and a blank one per ephemeral mapping, served by the\n"
+	  "region's kiln-nbd as i-…/xvda (started if need be). Prints each id.",
+	  instance_launch_options, 1, 1 },
+	{ "instance", "describe", cmd_instance_describe, CMD_STORE | CMD_REGION,
+	  "[INSTANCE-ID...]", "describe instances", NULL, no_options, 0, 64 },
+	{ "instance", "boot", cmd_instance_boot, CMD_STORE | CMD_REGION,
+	  "INSTANCE-ID", "boot an instance in qemu from its devices over NBD",
+	  "KVM when a guest really runs here, TCG otherwise (KILN_ACCEL=tcg\n"
+	  "forces it); SeaBIOS for legacy-bios, OVMF for uefi. The serial console\n"
+	  "goes to stdout and to a log in the store. With --expect, exits 0 once\n"
+	  "the text appears, 1 on timeout or when qemu exits first.",
+	  instance_boot_options, 1, 1 },
+	{ "instance", "terminate", cmd_instance_terminate, CMD_STORE | CMD_REGION,
+	  "INSTANCE-ID...", "terminate instances",
+	  "Stops qemu if it runs, deletes the volumes marked DeleteOnTermination\n"
+	  "and keeps the others as available volumes.",
+	  no_options, 1, 64 },
 	{ "wait", "image-available", cmd_wait_image_available, CMD_STORE | CMD_REGION,
 	  "IMAGE-ID", "wait until an image is available",
 	  "Exits 0 once the image is available, 1 if it failed (with the\n"

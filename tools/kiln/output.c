@@ -48,7 +48,9 @@ void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r)
 		break;
 	case -EBUSY:
 		errmsg("%s %s is in use%s", kind, id,
-		       strcmp(kind, "volume") == 0 ? " by another process" : "");
+		       strcmp(kind, "volume") == 0 ?
+		       " (a device of an instance, exported by kiln-nbd, or open in another process)" :
+		       strcmp(kind, "snapshot") == 0 ? " by a registered image (deregister it first)" : "");
 		break;
 	case -EBADMSG:
 		errmsg("%s %s: corrupt data in the store (run 'kiln store verify')",
@@ -66,7 +68,8 @@ void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r)
 bool check_id(const char *kind, const char *id)
 {
 	const char *prefix = strcmp(kind, "volume") == 0 ? "vol" :
-			     strcmp(kind, "image") == 0 ? "ami" : "snap";
+			     strcmp(kind, "image") == 0 ? "ami" :
+			     strcmp(kind, "instance") == 0 ? "i" : "snap";
 
 	if (kiln_id_valid(id, prefix))
 		return true;
