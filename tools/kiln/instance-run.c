@@ -3,14 +3,11 @@
  * that serves its devices, and qemu that boots it from them. */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/kvm.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -134,74 +131,101 @@ int ensure_daemon(struct cli_ctx *ctx, char *sock, size_t cap, int *ret_pid)
 	return -1;
 }
 
-/* ---- KVM: does a guest actually run here? ----------------------------- */
+/* ---- KVM: does a guest really run here? ------------------------------ */
 
-/* Run one hlt instruction in a guest, in a child, with a deadline: nested
- * KVM can exist and hang. true if the guest halted in time. */
+/* A multiboot image that enters long mode and writes to isa-debug-exit,
+ * making qemu exit with status 3. /dev/kvm can be there and run trivial
+ * code while a real kernel hangs (nested KVM), so the probe must reach
+ * long mode within a deadline. */
+static const unsigned char kvm_probe_image[] = {
+	0x02, 0xb0, 0xad, 0x1b, 0x00, 0x00, 0x01, 0x00, 0xfe, 0x4f, 0x51, 0xe4, 0x00, 0x00,
+	0x10, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+	0x20, 0x00, 0x10, 0x00, 0xbf, 0x00, 0x00, 0x01, 0x00, 0x31, 0xc0, 0xb9, 0x00, 0x0c,
+	0x00, 0x00, 0xf3, 0xab, 0xc7, 0x05, 0x00, 0x00, 0x01, 0x00, 0x03, 0x10, 0x01, 0x00,
+	0xc7, 0x05, 0x00, 0x10, 0x01, 0x00, 0x03, 0x20, 0x01, 0x00, 0xc7, 0x05, 0x00, 0x20,
+	0x01, 0x00, 0x83, 0x00, 0x00, 0x00, 0x0f, 0x20, 0xe0, 0x83, 0xc8, 0x20, 0x0f, 0x22,
+	0xe0, 0xb8, 0x00, 0x00, 0x01, 0x00, 0x0f, 0x22, 0xd8, 0xb9, 0x80, 0x00, 0x00, 0xc0,
+	0x0f, 0x32, 0x0d, 0x00, 0x01, 0x00, 0x00, 0x0f, 0x30, 0x0f, 0x20, 0xc0, 0x0d, 0x01,
+	0x00, 0x00, 0x80, 0x0f, 0x22, 0xc0, 0xb0, 0x01, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd
+};
+
 static bool kvm_runs_guest(void)
 {
-	pid_t child = fork();
-	int status;
+	char path[] = "/tmp/kiln-kvm-probe.XXXXXX";
+	int fd = mkostemp(path, O_CLOEXEC), status;
+	pid_t child;
+	bool ok = false;
 
-	if (child < 0)
+	if (fd < 0)
 		return false;
+	if (write(fd, kvm_probe_image, sizeof kvm_probe_image) != (ssize_t)sizeof kvm_probe_image) {
+		close(fd);
+		unlink(path);
+		return false;
+	}
+	close(fd);
+	child = fork();
 	if (child == 0) {
-		int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC), vm, vcpu;
-		struct kvm_userspace_memory_region region;
-		struct kvm_sregs sregs;
-		struct kvm_regs regs = { .rip = 0x1000, .rflags = 2 };
-		struct kvm_run *run;
-		uint8_t *mem;
-		long mmap_size;
+		int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
 
-		alarm(5);
-		if (kvm < 0 || ioctl(kvm, KVM_GET_API_VERSION, 0) != 12)
-			_exit(1);
-		vm = ioctl(kvm, KVM_CREATE_VM, 0);
-		mem = mmap(NULL, 0x2000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-		if (vm < 0 || mem == MAP_FAILED)
-			_exit(1);
-		mem[0x1000] = 0xf4;     /* hlt */
-		region = (struct kvm_userspace_memory_region){ .guest_phys_addr = 0, .memory_size = 0x2000,
-							       .userspace_addr = (uint64_t)(uintptr_t)mem };
-		if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0)
-			_exit(1);
-		vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
-		mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-		if (vcpu < 0 || mmap_size <= 0)
-			_exit(1);
-		run = mmap(NULL, (size_t)mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
-		if (run == MAP_FAILED || ioctl(vcpu, KVM_GET_SREGS, &sregs) < 0)
-			_exit(1);
-		sregs.cs.base = 0;
-		sregs.cs.selector = 0;
-		if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0 || ioctl(vcpu, KVM_SET_REGS, &regs) < 0)
-			_exit(1);
-		if (ioctl(vcpu, KVM_RUN, 0) < 0)
-			_exit(1);
-		_exit(run->exit_reason == KVM_EXIT_HLT ? 0 : 1);
+		dup2(devnull, STDIN_FILENO);
+		dup2(devnull, STDOUT_FILENO);
+		dup2(devnull, STDERR_FILENO);
+		execlp("qemu-system-x86_64", "qemu-system-x86_64", "-accel", "kvm", "-machine", "pc",
+		       "-m", "16", "-nodefaults", "-display", "none", "-kernel", path, "-device",
+		       "isa-debug-exit,iobase=0xf4,iosize=4", (char *)NULL);
+		_exit(127);
 	}
-	for (double t0 = now(); now() - t0 < 3;) {
-		pid_t r = waitpid(child, &status, WNOHANG);
+	if (child > 0) {
+		double t0 = now();
 
-		if (r == child)
-			return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-		usleep(10000);
+		while (now() - t0 < 3 && waitpid(child, &status, WNOHANG) == 0)
+			usleep(20000);
+		if (waitpid(child, &status, WNOHANG) == child)
+			ok = WIFEXITED(status) && WEXITSTATUS(status) == 3;
+		else {
+			kill(child, SIGKILL);
+			waitpid(child, &status, 0);
+		}
 	}
-	kill(child, SIGKILL);
-	waitpid(child, &status, 0);
-	return false;
+	unlink(path);
+	return ok;
 }
 
 bool kvm_usable(void)
 {
 	const char *force = getenv("KILN_ACCEL");
+	char cache[128], boot_id[64] = "none", answer[8] = "";
+	FILE *f;
+	bool ok;
 
-	if (force && strcmp(force, "tcg") == 0)
-		return false;
+	if (force && (strcmp(force, "tcg") == 0 || strcmp(force, "kvm") == 0))
+		return strcmp(force, "kvm") == 0;
 	if (access("/dev/kvm", R_OK | W_OK) != 0)
 		return false;
-	return kvm_runs_guest();
+	/* The answer holds until the machine restarts. */
+	f = fopen("/proc/sys/kernel/random/boot_id", "re");
+	if (f) {
+		if (fscanf(f, "%63s", boot_id) != 1)
+			snprintf(boot_id, sizeof boot_id, "none");
+		fclose(f);
+	}
+	snprintf(cache, sizeof cache, "/tmp/kiln-accel.%s", boot_id);
+	f = fopen(cache, "re");
+	if (f) {
+		if (fscanf(f, "%7s", answer) != 1)
+			answer[0] = '\0';
+		fclose(f);
+		if (strcmp(answer, "kvm") == 0 || strcmp(answer, "tcg") == 0)
+			return strcmp(answer, "kvm") == 0;
+	}
+	ok = kvm_runs_guest();
+	f = fopen(cache, "we");
+	if (f) {
+		fputs(ok ? "kvm\n" : "tcg\n", f);
+		fclose(f);
+	}
+	return ok;
 }
 
 /* ---- qemu -------------------------------------------------------------- */
