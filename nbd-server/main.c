@@ -219,6 +219,33 @@ static int activation_fds(int *fds, int max)
 
 /* ---- main ------------------------------------------------------------ */
 
+static void open_store(struct server_config *cfg, const char *store_dir, const char *region_name)
+{
+	int r = kiln_store_open(store_dir, &cfg->store);
+
+	if (r < 0) {
+		server_error("%s: %s", store_dir,
+			     r == -ENOTDIR || r == -ENOENT ? "not a kiln store (run 'kiln init' first)" : strerror(-r));
+		exit(EXIT_FAILURE);
+	}
+	r = kiln_region_open(cfg->store, region_name, &cfg->region);
+	if (r < 0) {
+		server_error("region %s: %s", region_name, r == -ENOENT ? "no such region" : strerror(-r));
+		exit(EXIT_FAILURE);
+	}
+	if (exports_init(cfg) < 0)
+		exit(EXIT_FAILURE);
+}
+
+static void close_store(struct server_config *cfg)
+{
+	exports_close_all();
+	kiln_region_close(cfg->region);
+	kiln_store_close(cfg->store);
+	cfg->region = NULL;
+	cfg->store = NULL;
+}
+
 static void usage(FILE *f, int status)
 {
 	fprintf(f,
@@ -273,7 +300,7 @@ int main(int argc, char **argv)
 	const char *unix_path = NULL, *tcp = NULL, *pidfile = NULL;
 	bool single = false, activation = false, foreground = false, exit_with_parent = false;
 	struct server_config cfg = { 0 };
-	int lfds[MAX_LISTEN], nl = 0, modes, c, r, sfd;
+	int lfds[MAX_LISTEN], nl = 0, modes, c, sfd;
 	sigset_t sigs;
 
 	while ((c = getopt_long(argc, argv, "sv", longopts, NULL)) != -1) {
@@ -339,19 +366,10 @@ int main(int argc, char **argv)
 		store_dir = ".kiln";
 	if (!region_name || !*region_name)
 		region_name = "us-east-1";
-	r = kiln_store_open(store_dir, &cfg.store);
-	if (r < 0) {
-		server_error("%s: %s", store_dir,
-			     r == -ENOTDIR || r == -ENOENT ? "not a kiln store (run 'kiln init' first)" : strerror(-r));
-		exit(EXIT_FAILURE);
-	}
-	r = kiln_region_open(cfg.store, region_name, &cfg.region);
-	if (r < 0) {
-		server_error("region %s: %s", region_name, r == -ENOENT ? "no such region" : strerror(-r));
-		exit(EXIT_FAILURE);
-	}
-	if (exports_init(&cfg) < 0)
-		exit(EXIT_FAILURE);
+	/* Everything is checked now, so errors reach the caller's terminal;
+	 * a daemon opens the store again after it forks, since SQLite
+	 * connections and their locks must not cross a fork. */
+	open_store(&cfg, store_dir, region_name);
 	signal(SIGPIPE, SIG_IGN);
 
 	if (single) {
@@ -362,9 +380,7 @@ int main(int argc, char **argv)
 			server_error("control thread: cannot start");
 		serve_connection(&cn);
 		control_stop();
-		exports_close_all();
-		kiln_region_close(cfg.region);
-		kiln_store_close(cfg.store);
+		close_store(&cfg);
 		free(cfg.allowed);
 		return 0;
 	}
@@ -379,8 +395,10 @@ int main(int argc, char **argv)
 		exit(EXIT_FAILURE);
 
 	if (!foreground && !activation) {
-		pid_t pid = fork();
+		pid_t pid;
 
+		close_store(&cfg);
+		pid = fork();
 		if (pid < 0) {
 			server_error("fork: %m");
 			exit(EXIT_FAILURE);
@@ -398,6 +416,7 @@ int main(int argc, char **argv)
 				close(devnull);
 			}
 		}
+		open_store(&cfg, store_dir, region_name);
 	}
 
 	/* Signals arrive on a signalfd in this thread only. */
@@ -456,9 +475,7 @@ int main(int argc, char **argv)
 	stop_connections();
 	reap(true);
 	control_stop();
-	exports_close_all();
-	kiln_region_close(cfg.region);
-	kiln_store_close(cfg.store);
+	close_store(&cfg);
 	if (pidfile)
 		unlink(pidfile);
 	free(cfg.allowed);
