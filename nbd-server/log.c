@@ -6,6 +6,7 @@
 #include "server.h"
 
 bool verbose;
+bool log_quiet;
 static const char *prog = "kiln-nbd";
 
 void server_debug(const char *fmt, ...)
@@ -23,6 +24,8 @@ void server_error(const char *fmt, ...)
 {
 	va_list ap;
 
+	if (log_quiet)
+		return;
 	va_start(ap, fmt);
 	fprintf(stderr, "%s: ", prog);
 	vfprintf(stderr, fmt, ap);

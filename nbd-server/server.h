@@ -17,6 +17,7 @@
 #define MAX_STRING 4096                        /* NBD strings, per proto.md */
 
 extern bool verbose;
+extern bool log_quiet;          /* no error messages (the fuzzer makes millions) */
 void server_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void server_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #undef debug

@@ -44,6 +44,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		abort();
 	}
 	export_names[0] = volume_id;
+	log_quiet = true;
 	cfg.allowed = export_names;
 	cfg.nallowed = 1;
 	if (exports_init(&cfg) < 0)
