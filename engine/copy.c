@@ -19,19 +19,6 @@
 #define COPY_BATCH 64
 #define COMMIT_EVERY 4096          /* chunks between chunk store commits */
 
-static int why(char *buf, size_t len, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int why(char *buf, size_t len, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (buf && len) {
-		va_start(ap, fmt);
-		vsnprintf(buf, len, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
-
 struct copy_ctx {
 	struct kiln_region *src, *dst;
 	struct kiln_copy_report *rep;
@@ -171,19 +158,19 @@ int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char
 	}
 	if (!kiln_account_valid(caller) || !name || !image_name_valid(name) ||
 	    (description && strlen(description) > 255)) {
-		r = why(wbuf, wlen, -EINVAL, "the name must be 3 to 128 letters, digits and ( ) [ ] space "
+		r = set_why(wbuf, wlen, -EINVAL, "the name must be 3 to 128 letters, digits and ( ) [ ] space "
 			". / - ' @ _; the description at most 255 bytes");
 		goto out;
 	}
 	r = kiln_image_describe(src, caller, source_image_id, im);
 	if (r < 0) {
 		if (r == -ENOENT)
-			why(wbuf, wlen, r, "image %s does not exist in %s or account %s may not launch it",
+			set_why(wbuf, wlen, r, "image %s does not exist in %s or account %s may not launch it",
 			    source_image_id, src->name, caller);
 		goto out;
 	}
 	if (strcmp(im->state, "available") != 0) {
-		r = why(wbuf, wlen, -EINVAL, "image %s is %s, not available", source_image_id, im->state);
+		r = set_why(wbuf, wlen, -EINVAL, "image %s is %s, not available", source_image_id, im->state);
 		goto out;
 	}
 	c.scratch = malloc((size_t)COPY_BATCH * cs);
@@ -207,7 +194,7 @@ int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char
 			goto out;
 	} else {
 		if (catalog_image_name_taken(dst->cat, caller, name, NULL) == 1) {
-			r = why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", caller,
+			r = set_why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", caller,
 				name, dst->name);
 			goto out;
 		}
@@ -257,7 +244,7 @@ int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char
 			snprintf(reason, sizeof reason, "copying snapshot %s failed: %s",
 				 im->mappings[i].snapshot_id, strerror(-r));
 			catalog_image_set_state(dst->cat, cp->id, "failed", reason);
-			why(wbuf, wlen, r, "%s", reason);
+			set_why(wbuf, wlen, r, "%s", reason);
 			goto out;
 		}
 	}

@@ -11,19 +11,6 @@
 
 #define GIB (UINT64_C(1) << 30)
 
-static int why(char *buf, size_t len, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int why(char *buf, size_t len, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (buf && len) {
-		va_start(ap, fmt);
-		vsnprintf(buf, len, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
-
 bool image_name_valid(const char *name)
 {
 	size_t n = strlen(name);
@@ -70,17 +57,17 @@ static int check_mapping(struct kiln_region *rg, const char *account, struct kil
 	int r;
 
 	if (strncmp(m->device_name, "/dev/", 5) != 0 || strlen(m->device_name) < 6)
-		return why(wbuf, wlen, -EINVAL, "device name '%s' must look like /dev/xvdb",
+		return set_why(wbuf, wlen, -EINVAL, "device name '%s' must look like /dev/xvdb",
 			   m->device_name);
 	if (kinds != 1)
-		return why(wbuf, wlen, -EINVAL, "%s: give exactly one of Ebs, VirtualName or NoDevice",
+		return set_why(wbuf, wlen, -EINVAL, "%s: give exactly one of Ebs, VirtualName or NoDevice",
 			   m->device_name);
 	if (m->virtual_name[0]) {
 		unsigned n;
 		char tail;
 
 		if (sscanf(m->virtual_name, "ephemeral%u%c", &n, &tail) != 1 || n > 23)
-			return why(wbuf, wlen, -EINVAL, "%s: VirtualName '%s' must be ephemeral0 to ephemeral23",
+			return set_why(wbuf, wlen, -EINVAL, "%s: VirtualName '%s' must be ephemeral0 to ephemeral23",
 				   m->device_name, m->virtual_name);
 		return 0;
 	}
@@ -90,34 +77,34 @@ static int check_mapping(struct kiln_region *rg, const char *account, struct kil
 		snprintf(m->volume_type, sizeof m->volume_type, "gp3");
 	if (!one_of(m->volume_type, (const char *const[]){ "gp2", "gp3", "io1", "io2", "st1", "sc1",
 							   "standard", NULL }))
-		return why(wbuf, wlen, -EINVAL, "%s: unknown VolumeType '%s'", m->device_name, m->volume_type);
+		return set_why(wbuf, wlen, -EINVAL, "%s: unknown VolumeType '%s'", m->device_name, m->volume_type);
 	if (!m->snapshot_id[0]) {
 		if (m->volume_size == 0)
-			return why(wbuf, wlen, -EINVAL, "%s: an Ebs mapping without SnapshotId needs VolumeSize",
+			return set_why(wbuf, wlen, -EINVAL, "%s: an Ebs mapping without SnapshotId needs VolumeSize",
 				   m->device_name);
 		return 0;
 	}
 	if (!kiln_id_valid(m->snapshot_id, "snap"))
-		return why(wbuf, wlen, -EINVAL, "%s: '%s' is not a snapshot id", m->device_name,
+		return set_why(wbuf, wlen, -EINVAL, "%s: '%s' is not a snapshot id", m->device_name,
 			   m->snapshot_id);
 	r = catalog_snapshot_get(rg->cat, m->snapshot_id, &snap);
 	if (r == -ENOENT) {
 		r = region_missing_id(rg, m->snapshot_id);
-		return why(wbuf, wlen, r, "%s: snapshot %s %s", m->device_name, m->snapshot_id,
+		return set_why(wbuf, wlen, r, "%s: snapshot %s %s", m->device_name, m->snapshot_id,
 			   r == -EXDEV ? "is in another region" : "does not exist");
 	}
 	if (r < 0)
 		return r;
 	if (snap.state != KILN_SNAPSHOT_COMPLETED)
-		return why(wbuf, wlen, -EINVAL, "%s: snapshot %s is %s, not completed", m->device_name,
+		return set_why(wbuf, wlen, -EINVAL, "%s: snapshot %s is %s, not completed", m->device_name,
 			   m->snapshot_id, kiln_snapshot_state_name(snap.state));
 	if (catalog_snapshot_usable(rg->cat, m->snapshot_id, account) != 1)
-		return why(wbuf, wlen, -EACCES, "%s: snapshot %s is not shared with account %s",
+		return set_why(wbuf, wlen, -EACCES, "%s: snapshot %s is not shared with account %s",
 			   m->device_name, m->snapshot_id, account);
 	if (m->volume_size == 0)
 		m->volume_size = DIV_ROUND_UP(snap.size, GIB);
 	else if (m->volume_size * GIB < snap.size)
-		return why(wbuf, wlen, -EINVAL, "%s: VolumeSize %llu GiB is smaller than snapshot %s (%llu bytes)",
+		return set_why(wbuf, wlen, -EINVAL, "%s: VolumeSize %llu GiB is smaller than snapshot %s (%llu bytes)",
 			   m->device_name, (unsigned long long)m->volume_size, m->snapshot_id,
 			   (unsigned long long)snap.size);
 	return 0;
@@ -141,26 +128,26 @@ static int check_boot(const struct kiln_image_spec *spec, const char *root_snap,
 			const char *fs = p->filesystems[0] ? p->filesystems : "no filesystem";
 
 			if (!p->boot_signature && !p->partition_table[0] && !p->filesystems[0])
-				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: no partition "
+				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: no partition "
 					   "table, no filesystem, no boot signature (is it empty?)", root_snap);
 			if (mode && strcmp(mode, "uefi") == 0)
-				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with uefi: no EFI "
+				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with uefi: no EFI "
 					   "system partition with a FAT filesystem (found: %s %s)", root_snap,
 					   p->partition_table[0] ? p->partition_table : "no partition table", fs);
 			if (!p->boot_signature && uefi)
-				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with legacy-bios: "
+				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with legacy-bios: "
 					   "sector 0 has no boot signature (0x55AA); it has an EFI system partition: "
 					   "use uefi", root_snap);
 			if (!p->boot_signature)
-				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has no "
+				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has no "
 					   "boot signature (0x55AA) and there is no EFI system partition "
 					   "(found: %s %s)", root_snap,
 					   p->partition_table[0] ? p->partition_table : "no partition table", fs);
 			if (mode && strcmp(mode, "legacy-bios") == 0 && uefi)
-				return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with legacy-bios: "
+				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with legacy-bios: "
 					   "sector 0 has no boot code (it has an EFI system partition: use uefi)",
 					   root_snap);
-			return why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has a boot "
+			return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has a boot "
 				   "signature but no boot code, and there is no EFI system partition", root_snap);
 		}
 	}
@@ -170,7 +157,7 @@ static int check_boot(const struct kiln_image_spec *spec, const char *root_snap,
 	else if (p->architecture[0])
 		snprintf(im->architecture, sizeof im->architecture, "%s", p->architecture);
 	else
-		return why(wbuf, wlen, -EINVAL, "cannot tell the architecture of root snapshot %s "
+		return set_why(wbuf, wlen, -EINVAL, "cannot tell the architecture of root snapshot %s "
 			   "(no partition type says it): give --architecture x86_64, arm64 or i386", root_snap);
 	return 0;
 }
@@ -186,27 +173,27 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 	if (wbuf && wlen)
 		wbuf[0] = '\0';
 	if (!kiln_account_valid(account))
-		return why(wbuf, wlen, -EINVAL, "account '%s' is not 12 digits", account);
+		return set_why(wbuf, wlen, -EINVAL, "account '%s' is not 12 digits", account);
 	if (!spec->name || !image_name_valid(spec->name))
-		return why(wbuf, wlen, -EINVAL, "an image name is 3 to 128 letters, digits and ( ) [ ] space "
+		return set_why(wbuf, wlen, -EINVAL, "an image name is 3 to 128 letters, digits and ( ) [ ] space "
 			   ". / - ' @ _");
 	if (!spec->root_device_name || strncmp(spec->root_device_name, "/dev/", 5) != 0)
-		return why(wbuf, wlen, -EINVAL, "the root device name must look like /dev/xvda");
+		return set_why(wbuf, wlen, -EINVAL, "the root device name must look like /dev/xvda");
 	if (spec->architecture && !one_of(spec->architecture, architectures))
-		return why(wbuf, wlen, -EINVAL, "architecture '%s' is not x86_64, arm64 or i386",
+		return set_why(wbuf, wlen, -EINVAL, "architecture '%s' is not x86_64, arm64 or i386",
 			   spec->architecture);
 	if (spec->boot_mode && !one_of(spec->boot_mode, boot_modes))
-		return why(wbuf, wlen, -EINVAL, "boot mode '%s' is not legacy-bios, uefi or uefi-preferred",
+		return set_why(wbuf, wlen, -EINVAL, "boot mode '%s' is not legacy-bios, uefi or uefi-preferred",
 			   spec->boot_mode);
 	if (spec->virtualization_type && strcmp(spec->virtualization_type, "hvm") != 0)
-		return why(wbuf, wlen, -EINVAL, "virtualization type '%s' is not supported: kiln images are hvm",
+		return set_why(wbuf, wlen, -EINVAL, "virtualization type '%s' is not supported: kiln images are hvm",
 			   spec->virtualization_type);
 	if (spec->nmappings == 0 || spec->nmappings > KILN_MAX_MAPPINGS)
-		return why(wbuf, wlen, -EINVAL, "give 1 to %d block device mappings", KILN_MAX_MAPPINGS);
+		return set_why(wbuf, wlen, -EINVAL, "give 1 to %d block device mappings", KILN_MAX_MAPPINGS);
 	if (spec->ntags > KILN_MAX_TAGS)
-		return why(wbuf, wlen, -EINVAL, "at most %d tags", KILN_MAX_TAGS);
+		return set_why(wbuf, wlen, -EINVAL, "at most %d tags", KILN_MAX_TAGS);
 	if (spec->description && strlen(spec->description) > 255)
-		return why(wbuf, wlen, -EINVAL, "the description is longer than 255 bytes");
+		return set_why(wbuf, wlen, -EINVAL, "the description is longer than 255 bytes");
 
 	im = calloc(1, sizeof *im);
 	if (!im)
@@ -215,7 +202,7 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 		const struct kiln_tag *t = &spec->tags[i];
 
 		if (!t->key[0] || strncmp(t->key, "aws:", 4) == 0) {
-			r = why(wbuf, wlen, -EINVAL, "tag key '%s' is empty or reserved", t->key);
+			r = set_why(wbuf, wlen, -EINVAL, "tag key '%s' is empty or reserved", t->key);
 			goto out;
 		}
 		im->tags[im->ntags++] = *t;
@@ -226,7 +213,7 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 		*m = spec->mappings[i];
 		for (size_t j = 0; j < i; j++)
 			if (strcmp(im->mappings[j].device_name, m->device_name) == 0) {
-				r = why(wbuf, wlen, -EINVAL, "device %s is mapped twice", m->device_name);
+				r = set_why(wbuf, wlen, -EINVAL, "device %s is mapped twice", m->device_name);
 				goto out;
 			}
 		r = check_mapping(rg, account, m, wbuf, wlen);
@@ -234,7 +221,7 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 			goto out;
 		if (strcmp(m->device_name, spec->root_device_name) == 0) {
 			if (!m->ebs || !m->snapshot_id[0]) {
-				r = why(wbuf, wlen, -EINVAL, "the root device %s must be an Ebs mapping with a "
+				r = set_why(wbuf, wlen, -EINVAL, "the root device %s must be an Ebs mapping with a "
 					"SnapshotId", m->device_name);
 				goto out;
 			}
@@ -242,18 +229,18 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 		}
 	}
 	if (!root_snap) {
-		r = why(wbuf, wlen, -EINVAL, "the root device %s is not in the block device mappings",
+		r = set_why(wbuf, wlen, -EINVAL, "the root device %s is not in the block device mappings",
 			spec->root_device_name);
 		goto out;
 	}
 	if (catalog_image_name_taken(rg->cat, account, spec->name, NULL) == 1) {
-		r = why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
+		r = set_why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
 			spec->name, rg->name);
 		goto out;
 	}
 	r = kiln_snapshot_probe(rg, root_snap, &probe);
 	if (r < 0) {
-		why(wbuf, wlen, r, "cannot probe root snapshot %s: %s", root_snap, strerror(-r));
+		set_why(wbuf, wlen, r, "cannot probe root snapshot %s: %s", root_snap, strerror(-r));
 		goto out;
 	}
 	r = check_boot(spec, root_snap, &probe, im, wbuf, wlen);
@@ -273,7 +260,7 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 	im->creation_time = now_seconds();
 	r = catalog_image_insert(rg->cat, im);
 	if (r == -EEXIST)
-		r = why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
+		r = set_why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
 			spec->name, rg->name);
 	if (r == 0)
 		memcpy(ret_id, im->id, KILN_ID_MAX);

@@ -15,19 +15,6 @@
 #define GIB (UINT64_C(1) << 30)
 #define EPHEMERAL_SIZE GIB
 
-static int why(char *buf, size_t len, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int why(char *buf, size_t len, int r, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (buf && len) {
-		va_start(ap, fmt);
-		vsnprintf(buf, len, fmt, ap);
-		va_end(ap);
-	}
-	return r;
-}
-
 /* The image's mapping with the launch's overrides applied by device name;
  * NoDevice drops a device. */
 static size_t merge_mappings(const struct kiln_image_info *im, const struct kiln_bdm *ov, size_t nov,
@@ -72,12 +59,12 @@ int kiln_instance_launch(struct kiln_region *rg, const char *caller, const char 
 	}
 	r = kiln_image_describe(rg, caller, image_id, im);
 	if (r < 0) {
-		why(wbuf, wlen, r, "image %s does not exist in %s or account %s may not launch it", image_id,
+		set_why(wbuf, wlen, r, "image %s does not exist in %s or account %s may not launch it", image_id,
 		    rg->name, caller);
 		goto out;
 	}
 	if (strcmp(im->state, "available") != 0) {
-		r = why(wbuf, wlen, -EINVAL, "image %s is %s", image_id, im->state);
+		r = set_why(wbuf, wlen, -EINVAL, "image %s is %s", image_id, im->state);
 		goto out;
 	}
 	n = merge_mappings(im, ov, nov, maps);
@@ -112,14 +99,14 @@ int kiln_instance_launch(struct kiln_region *rg, const char *caller, const char 
 						 KILN_VOLUME_IN_USE, NULL, d->volume_id);
 		}
 		if (r < 0) {
-			why(wbuf, wlen, r, "%s: cannot make its volume: %s", m->device_name, strerror(-r));
+			set_why(wbuf, wlen, r, "%s: cannot make its volume: %s", m->device_name, strerror(-r));
 			break;
 		}
 		root |= strcmp(m->device_name, im->root_device_name) == 0;
 		in->ndevices++;
 	}
 	if (r == 0 && !root)
-		r = why(wbuf, wlen, -EINVAL, "the launch removes the root device %s", im->root_device_name);
+		r = set_why(wbuf, wlen, -EINVAL, "the launch removes the root device %s", im->root_device_name);
 	if (r == 0) {
 		snprintf(in->image_id, sizeof in->image_id, "%s", image_id);
 		snprintf(in->owner, sizeof in->owner, "%s", caller);
@@ -243,7 +230,7 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 	}
 	r = kiln_instance_describe(rg, caller, instance_id, in);
 	if (r < 0) {
-		why(wbuf, wlen, r, "instance %s does not exist in %s", instance_id, rg->name);
+		set_why(wbuf, wlen, r, "instance %s does not exist in %s", instance_id, rg->name);
 		goto out;
 	}
 	for (size_t i = 0; i < in->ndevices; i++)
@@ -273,7 +260,7 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 	for (size_t i = 0; i < nebs; i++)
 		kiln_volume_close(vols[i]);
 	if (r < 0) {
-		why(wbuf, wlen, r, "cannot snapshot the volumes of %s: %s", instance_id, strerror(-r));
+		set_why(wbuf, wlen, r, "cannot snapshot the volumes of %s: %s", instance_id, strerror(-r));
 		goto out;
 	}
 	(void)nopen;

@@ -43,6 +43,9 @@ int64_t now_seconds(void);
 /* Fault injection for crash tests: when KILN_CRASH_POINT names this point,
  * the process kills itself with SIGKILL right here. */
 void crash_point(const char *name);
+/* Write a reason into buf (len bytes, may be NULL) and return r: for the
+ * calls that explain a refusal to a person. */
+int set_why(char *buf, size_t len, int r, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ---- io.c: all volume and pack I/O (io_uring, or pread/pwrite) ------- */
 

@@ -260,3 +260,15 @@ void crash_point(const char *name)
 		kill(getpid(), SIGKILL);
 	}
 }
+
+int set_why(char *buf, size_t len, int r, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (buf && len) {
+		va_start(ap, fmt);
+		vsnprintf(buf, len, fmt, ap);
+		va_end(ap);
+	}
+	return r;
+}
