@@ -717,8 +717,16 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 			struct io_req q = { .fd = v->overlay_fd, .op = IO_WRITE,
 					    .buf = p ? (void *)p : v->zero_chunk,
 					    .len = (uint32_t)(e - pos), .off = pos };
+			struct io_req *last = pl->n ? &pl->reqs[pl->n - 1] : NULL;
 
-			r = plan_add(pl, &q, owner, i);
+			/* A write across whole chunks is one request: one trip
+			 * to the kernel's workers, not one per chunk. */
+			if (p && last && last->op == IO_WRITE && pl->owner[pl->n - 1] == owner &&
+			    last->off + last->len == pos && (const uint8_t *)last->buf + last->len == p &&
+			    last->len + q.len <= (1u << 30))
+				last->len += q.len;
+			else
+				r = plan_add(pl, &q, owner, i);
 		}
 		pthread_mutex_unlock(lock);
 		if (r < 0)
@@ -748,7 +756,11 @@ static int plan_run(struct kiln_volume *v, struct io_plan *pl, int *results)
 			if (*res == 0)
 				*res = -EIO;
 		} else if (pl->chunk[k] != UINT64_MAX) {
-			set_state(v, pl->chunk[k], CHUNK_LOCAL, true);
+			/* every chunk the (merged) write covered */
+			uint32_t cs = v->map->chunk_size;
+
+			for (uint64_t c = q->off / cs; c <= (q->off + q->len - 1) / cs; c++)
+				set_state(v, c, CHUNK_LOCAL, true);
 		}
 	}
 	return results ? 0 : r;
