@@ -206,8 +206,8 @@ int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char
 		snprintf(cp->owner, sizeof cp->owner, "%s", caller);
 		snprintf(cp->state, sizeof cp->state, "pending");
 		cp->state_reason[0] = '\0';
-		if (description)
-			snprintf(cp->description, sizeof cp->description, "%s", description);
+		/* As CopyImage: the description is the one given, or none. */
+		snprintf(cp->description, sizeof cp->description, "%s", description ? description : "");
 		snprintf(cp->source_image_id, sizeof cp->source_image_id, "%s", source_image_id);
 		snprintf(cp->source_image_region, sizeof cp->source_image_region, "%s", src->name);
 		cp->creation_time = now_seconds();

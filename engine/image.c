@@ -277,6 +277,11 @@ int kiln_image_describe(struct kiln_region *rg, const char *caller, const char *
 	if (!kiln_id_valid(id, "ami"))
 		return -EINVAL;
 	r = catalog_image_get(rg->cat, id, ret_info);
+	if (r == 0 && strcmp(ret_info->state, "pending") == 0) {
+		/* A copy whose process died shows as failed, not pending. */
+		region_reap_if_idle(rg);
+		r = catalog_image_get(rg->cat, id, ret_info);
+	}
 	if (r < 0)
 		return r;
 	/* Not launchable and not there look the same, on purpose. */

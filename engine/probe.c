@@ -62,17 +62,24 @@ static int fill(struct probe_src *p, uint64_t off, uint64_t len)
 	return 0;
 }
 
-static void append(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void append(char *dst, size_t cap, const char *fmt, ...)
+/* Append to dst only if all of it fits: a JSON record is never cut. */
+static bool append(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static bool append(char *dst, size_t cap, const char *fmt, ...)
 {
 	size_t n = strlen(dst);
 	va_list ap;
+	int k;
 
 	if (n + 1 >= cap)
-		return;
+		return false;
 	va_start(ap, fmt);
-	vsnprintf(dst + n, cap - n, fmt, ap);
+	k = vsnprintf(dst + n, cap - n, fmt, ap);
 	va_end(ap);
+	if (k < 0 || (size_t)k >= cap - n) {
+		dst[n] = '\0';
+		return false;
+	}
+	return true;
 }
 
 /* A JSON string body: only printable ASCII survives, quotes escaped. */
@@ -179,7 +186,7 @@ int kiln_snapshot_probe(struct kiln_region *rg, const char *snapshot_id, struct 
 {
 	struct probe_src p = { .fd = -1 };
 	struct kiln_probe out = { 0 };
-	char parts[768] = "", fs[32] = "", label[64] = "";
+	char parts[3200] = "", fs[32] = "", label[64] = "";
 	uint8_t sector0[512];
 	int r;
 

@@ -325,7 +325,7 @@ struct kiln_probe {
 	bool esp;                        /* an EFI system partition with a FAT filesystem */
 	char architecture[16];           /* what the partitions tell, or "" */
 	char filesystems[128];           /* e.g. "p1:ext4 p2:vfat", or "disk:ext4" */
-	char json[1024];                 /* all of it, as a JSON object */
+	char json[4096];                 /* all of it, as a JSON object */
 };
 
 struct kiln_image_spec {
@@ -364,7 +364,7 @@ struct kiln_image_info {
 	size_t ntags;
 	char launch_users[KILN_MAX_LAUNCH_USERS][KILN_ACCOUNT_LEN + 1];
 	size_t nlaunch_users;
-	char probe[1024];                /* JSON object from kiln_probe, or "{}" */
+	char probe[4096];                /* JSON object from kiln_probe, or "{}" */
 };
 
 /* Register an image owned by account. Checks every rule of EC2's
