@@ -28,7 +28,7 @@ UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LIBKILN     := $(BUILD)/libkiln.a
 
-.PHONY: all check check-unit check-unit-asan check-integration asan fuzz bench-nbd bench-image demo install clean help deps
+.PHONY: all check check-unit check-unit-asan check-integration asan fuzz bench-nbd bench-image bench-launch demo install clean help deps
 
 all: $(BUILD)/kiln $(BUILD)/kiln-nbd ## build kiln, kiln-nbd and libkiln (default)
 
@@ -72,6 +72,9 @@ bench-nbd: all ## kiln-nbd against nbdkit and qemu-nbd (fio, nbdcopy); --record 
 
 bench-image: all ## image copy between regions against cp; --record to RESULTS.md
 	KILN=$(abspath $(BUILD)/kiln) bench/bench-image.sh --record
+
+bench-launch: all ## launch 100 instances: seconds and bytes copied; --record to RESULTS.md
+	KILN=$(abspath $(BUILD)/kiln) KILN_NBD=$(abspath $(BUILD)/kiln-nbd) bench/bench-launch.sh --record
 
 deps: ## install the Debian packages that build, test and demo need (as root)
 	scripts/install-deps

@@ -15,6 +15,24 @@
 #define GIB (UINT64_C(1) << 30)
 #define EPHEMERAL_SIZE GIB
 
+/* An override of one of the image's EBS mappings changes what it gives
+ * (DeleteOnTermination, a larger VolumeSize, the type) and keeps the rest:
+ * the snapshot, and the size when it names no other snapshot. */
+static struct kiln_bdm apply_override(const struct kiln_bdm *m, const struct kiln_bdm *o)
+{
+	struct kiln_bdm r = *o;
+
+	if (!o->ebs || !m->ebs || o->no_device)
+		return r;
+	if (!o->snapshot_id[0])
+		snprintf(r.snapshot_id, sizeof r.snapshot_id, "%s", m->snapshot_id);
+	if (!o->volume_size && strcmp(r.snapshot_id, m->snapshot_id) == 0)
+		r.volume_size = m->volume_size;
+	if (!o->volume_type[0])
+		snprintf(r.volume_type, sizeof r.volume_type, "%s", m->volume_type);
+	return r;
+}
+
 /* The image's mapping with the launch's overrides applied by device name;
  * NoDevice drops a device. */
 static size_t merge_mappings(const struct kiln_image_info *im, const struct kiln_bdm *ov, size_t nov,
@@ -23,13 +41,13 @@ static size_t merge_mappings(const struct kiln_image_info *im, const struct kiln
 	size_t n = 0;
 
 	for (size_t i = 0; i < im->nmappings; i++) {
-		const struct kiln_bdm *m = &im->mappings[i];
+		struct kiln_bdm m = im->mappings[i];
 
 		for (size_t j = 0; j < nov; j++)
-			if (strcmp(ov[j].device_name, m->device_name) == 0)
-				m = &ov[j];
-		if (!m->no_device)
-			out[n++] = *m;
+			if (strcmp(ov[j].device_name, im->mappings[i].device_name) == 0)
+				m = apply_override(&im->mappings[i], &ov[j]);
+		if (!m.no_device)
+			out[n++] = m;
 	}
 	for (size_t j = 0; j < nov && n < KILN_MAX_MAPPINGS; j++) {
 		bool known = false;
@@ -190,6 +208,13 @@ int kiln_instance_terminate(struct kiln_region *rg, const char *caller, const ch
 
 	if (r < 0)
 		goto out;
+	/* A client still on a device that goes: not yet (the caller retries
+	 * once qemu's connections have closed), and nothing changed. */
+	for (size_t i = 0; i < in->ndevices; i++)
+		if (in->devices[i].delete_on_termination && volume_in_use(rg, in->devices[i].volume_id)) {
+			r = -EBUSY;
+			goto out;
+		}
 	r = catalog_instance_delete(rg->cat, id);
 	if (r < 0)
 		goto out;

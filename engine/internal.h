@@ -348,6 +348,8 @@ int volume_flush_locked(struct kiln_volume *v);
 /* Delete volumes left 'creating' by a process that died (their map lock
  * is free). Called with the region lock held. */
 void volume_reap_creating(struct kiln_region *region);
+/* Some process has the volume open for writing (kiln-nbd serving it). */
+bool volume_in_use(struct kiln_region *region, const char *volume_id);
 char *volume_file(const char *volume_id, const char *suffix);   /* "vol-….map" */
 
 /* ---- control.c ----------------------------------------------------- */

@@ -175,6 +175,13 @@ static void unlink_volume_files(struct kiln_region *rg, const char *id)
 }
 
 /* true when nobody has the volume open for writing. */
+static bool volume_idle(struct kiln_region *rg, const char *id);
+
+bool volume_in_use(struct kiln_region *rg, const char *id)
+{
+	return !volume_idle(rg, id);
+}
+
 static bool volume_idle(struct kiln_region *rg, const char *id)
 {
 	CLEANUP_FREE char *map = volume_file(id, "map");

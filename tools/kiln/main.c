@@ -281,7 +281,7 @@ static const struct cli_command commands[] = {
 	  "region's kiln-nbd as i-…/xvda (started if need be). Prints each id.",
 	  instance_launch_options, 1, 1 },
 	{ "instance", "describe", cmd_instance_describe, CMD_STORE | CMD_REGION,
-	  "[INSTANCE-ID...]", "describe instances", NULL, no_options, 0, 64 },
+	  "[INSTANCE-ID...]", "describe instances", NULL, no_options, 0, 1000 },
 	{ "instance", "boot", cmd_instance_boot, CMD_STORE | CMD_REGION,
 	  "INSTANCE-ID", "boot an instance in qemu from its devices over NBD",
 	  "KVM when a guest really runs here, TCG otherwise (KILN_ACCEL=tcg\n"
@@ -293,7 +293,7 @@ static const struct cli_command commands[] = {
 	  "INSTANCE-ID...", "terminate instances",
 	  "Stops qemu if it runs, deletes the volumes marked DeleteOnTermination\n"
 	  "and keeps the others as available volumes.",
-	  no_options, 1, 64 },
+	  no_options, 1, 1000 },
 	{ "wait", "image-available", cmd_wait_image_available, CMD_STORE | CMD_REGION,
 	  "IMAGE-ID", "wait until an image is available",
 	  "Exits 0 once the image is available, 1 if it failed (with the\n"
