@@ -28,7 +28,7 @@ UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LIBKILN     := $(BUILD)/libkiln.a
 
-.PHONY: all check check-unit check-unit-asan check-integration asan fuzz bench-nbd bench-image bench-launch demo install clean help deps
+.PHONY: all check check-unit check-unit-asan check-integration asan fuzz bench-nbd bench-image bench-launch bench-snapshot bench-snapshot-smoke demo install clean help deps
 
 all: $(BUILD)/kiln $(BUILD)/kiln-nbd ## build kiln, kiln-nbd and libkiln (default)
 
@@ -76,15 +76,23 @@ bench-image: all ## image copy between regions against cp; --record to RESULTS.m
 bench-launch: all ## launch 100 instances: seconds and bytes copied; --record to RESULTS.md
 	KILN=$(abspath $(BUILD)/kiln) KILN_NBD=$(abspath $(BUILD)/kiln-nbd) bench/bench-launch.sh --record
 
+bench-snapshot: ## snapshots vs restic, borg, casync on 2 GiB Debian images (root; BENCH_ARGS=--record --runs 3)
+	$(MAKE) BUILD=build/bench CFLAGS="-O2 -g -DNDEBUG" build/bench/kiln build/bench/kiln-nbd
+	KILN=$(abspath build/bench/kiln) KILN_NBD=$(abspath build/bench/kiln-nbd) bench/bench-snapshot.sh $(BENCH_ARGS)
+
+bench-snapshot-smoke: $(BUILD)/kiln $(BUILD)/kiln-nbd ## bench-snapshot on a 256 MiB image, to keep it working (~30 s)
+	@KILN=$(abspath $(BUILD)/kiln) KILN_NBD=$(abspath $(BUILD)/kiln-nbd) bench/bench-snapshot.sh --small
+
 deps: ## install the Debian packages that build, test and demo need (as root)
 	scripts/install-deps
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-check: deps ## every test: unit (plain, ASan+UBSan), integration, a short fuzz run
+check: deps ## every test: unit (plain, ASan+UBSan), integration, a bench smoke run, a short fuzz run
 	$(MAKE) check-unit
 	$(MAKE) check-unit-asan
 	$(MAKE) check-integration
+	$(MAKE) bench-snapshot-smoke
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
 check-unit: $(UNIT_BINS) ## cmocka unit tests of the engine modules

@@ -415,8 +415,8 @@ void region_reap_if_idle(struct kiln_region *rg)
 	flock(rg->lock_fd, LOCK_UN);
 }
 
-/* The reserve: a few MiB allocated at init and given back when a delete
- * or gc meets a full disk, so that removing things (which needs a little
+/* The store's reserve: a few MiB allocated at init and given back when a
+ * delete or gc (in any region) meets a full disk, so that removing things (which needs a little
  * room: SQLite's journal, a new index) works when nothing else does. */
 #define RESERVE_NAME "reserve"
 #define RESERVE_SIZE (8 << 20)
@@ -424,7 +424,7 @@ void region_reap_if_idle(struct kiln_region *rg)
 static void reserve_restore(struct kiln_region *rg)
 {
 	struct stat st;
-	int fd = openat(rg->dirfd, RESERVE_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int fd = openat(rg->store->dirfd, RESERVE_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 
 	if (fd < 0)
 		return;
@@ -438,9 +438,9 @@ bool region_release_reserve(struct kiln_region *rg)
 {
 	struct stat st;
 
-	if (fstatat(rg->dirfd, RESERVE_NAME, &st, 0) < 0 || st.st_size == 0)
+	if (fstatat(rg->store->dirfd, RESERVE_NAME, &st, 0) < 0 || st.st_size == 0)
 		return false;
-	if (truncate_at(rg->dirfd, RESERVE_NAME) < 0)
+	if (truncate_at(rg->store->dirfd, RESERVE_NAME) < 0)
 		return false;
 	debug("region %s: disk full: reserve released", rg->name);
 	return true;
