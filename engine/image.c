@@ -128,8 +128,9 @@ static int check_boot(const struct kiln_image_spec *spec, const char *root_snap,
 			const char *fs = p->filesystems[0] ? p->filesystems : "no filesystem";
 
 			if (!p->boot_signature && !p->partition_table[0] && !p->filesystems[0])
-				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: no partition "
-					   "table, no filesystem, no boot signature (is it empty?)", root_snap);
+				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot: sector 0 has no "
+					   "boot signature (0x55AA), so no partition table either, and there is no "
+					   "filesystem on the whole disk", root_snap);
 			if (mode && strcmp(mode, "uefi") == 0)
 				return set_why(wbuf, wlen, -ENOEXEC, "root snapshot %s cannot boot with uefi: no EFI "
 					   "system partition with a FAT filesystem (found: %s %s)", root_snap,
