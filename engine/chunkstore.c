@@ -488,8 +488,55 @@ static int record_decode(const struct kiln_store *store, const uint8_t *rec,
 	return 0;
 }
 
-/* Read the record of one entry; on a pack that vanished (gc in another
- * process), reload the index once and retry. */
+/* One record buffer per thread, grown as needed: reading a chunk
+ * allocates nothing in the steady state. */
+static pthread_key_t recbuf_key;
+static pthread_once_t recbuf_once = PTHREAD_ONCE_INIT;
+
+struct recbuf {
+	uint8_t *p;
+	size_t cap;
+};
+
+static void free_recbuf(void *p)
+{
+	struct recbuf *b = p;
+
+	free(b->p);
+	free(b);
+}
+
+static void make_recbuf_key(void)
+{
+	pthread_key_create(&recbuf_key, free_recbuf);
+}
+
+static uint8_t *record_buffer(size_t need)
+{
+	struct recbuf *b;
+
+	pthread_once(&recbuf_once, make_recbuf_key);
+	b = pthread_getspecific(recbuf_key);
+	if (!b) {
+		b = calloc(1, sizeof *b);
+		if (!b)
+			return NULL;
+		pthread_setspecific(recbuf_key, b);
+	}
+	if (b->cap < need) {
+		uint8_t *p = realloc(b->p, need);
+
+		if (!p)
+			return NULL;
+		b->p = p;
+		b->cap = need;
+	}
+	return b->p;
+}
+
+/* Read the record of one entry into this thread's record buffer (valid
+ * until its next read); on a pack that vanished (gc in another process),
+ * reload the index once and retry. */
 static int read_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], struct chunk_loc *loc,
 		       uint8_t **ret_rec)
 {
@@ -517,7 +564,7 @@ static int read_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], s
 		}
 		if (fd < 0)
 			return fd == -ENOENT ? -EBADMSG : fd;
-		rec = malloc(RECORD_HEADER_SIZE + (size_t)loc->stored_len);
+		rec = record_buffer(RECORD_HEADER_SIZE + (size_t)loc->stored_len);
 		if (!rec)
 			return -ENOMEM;
 		{
@@ -528,10 +575,8 @@ static int read_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], s
 			if (r == 0 && (uint32_t)q.res != q.len)
 				r = -EBADMSG;   /* truncated pack */
 		}
-		if (r < 0) {
-			free(rec);
+		if (r < 0)
 			return r;
-		}
 		*ret_rec = rec;
 		return 0;
 	}
@@ -540,7 +585,7 @@ static int read_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], s
 int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, size_t raw_len)
 {
 	struct chunk_loc loc;
-	CLEANUP_FREE uint8_t *rec = NULL;
+	uint8_t *rec = NULL;
 	const char *what = NULL;
 	int r = cs_lookup(cs, id, &loc);
 
@@ -572,7 +617,6 @@ int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, s
 				again = e->loc;
 		}
 		if (moved) {
-			free(rec);
 			rec = NULL;
 			loc = again;
 			r = read_record(cs, id, &loc, &rec);
@@ -701,7 +745,7 @@ int cs_copy_many(struct chunkstore *src, struct chunkstore *dst, size_t n,
 	r = fetch_many(src, n, ids, scratch, raw_len, locs, recs, &space);
 	for (size_t i = 0; r == -EAGAIN && i < n; i++) {
 		/* one by one, through gc's moves */
-		CLEANUP_FREE uint8_t *rec = NULL;
+		uint8_t *rec = NULL;
 		const char *what;
 		struct chunk_loc loc;
 		bool added;
@@ -743,7 +787,7 @@ int cs_verify_chunk(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], cons
 		    void *scratch)
 {
 	struct chunk_loc l = *loc;
-	CLEANUP_FREE uint8_t *rec = NULL;
+	uint8_t *rec = NULL;
 	const char *what = NULL;
 	int r = read_record(cs, id, &l, &rec);
 
