@@ -22,17 +22,17 @@ static int lookup_error(struct kiln_region *rg, const char *id, int r)
 	return r == -ENOENT ? region_missing_id(rg, id) : r;
 }
 
-/* Hash and store the dirty LOCAL chunks listed in todo, filling their
+/* Hash and store the dirty LOCAL chunks listed in pending, filling their
  * ids into m. Reads of batch k+1 overlap the work on batch k. */
-static int capture_dirty(struct kiln_volume *v, const uint64_t *todo, size_t ntodo,
+static int capture_dirty(struct kiln_volume *v, const uint64_t *pending, size_t npending,
 			 struct manifest *m, struct capture *c, kiln_progress_fn progress, void *opaque)
 {
 	uint32_t cs = v->map->chunk_size;
 	struct io_req reqs[2][CAPTURE_BATCH];
-	size_t nb = DIV_ROUND_UP(ntodo, CAPTURE_BATCH);
+	size_t nb = DIV_ROUND_UP(npending, CAPTURE_BATCH);
 	int r = 0;
 
-	if (ntodo == 0)
+	if (npending == 0)
 		return 0;
 	for (size_t b = 0; b <= nb; b++) {
 		int set = (int)(b & 1);
@@ -43,10 +43,10 @@ static int capture_dirty(struct kiln_volume *v, const uint64_t *todo, size_t nto
 				return r;
 		}
 		if (b < nb) {
-			size_t n = MIN((size_t)CAPTURE_BATCH, ntodo - b * CAPTURE_BATCH);
+			size_t n = MIN((size_t)CAPTURE_BATCH, npending - b * CAPTURE_BATCH);
 
 			for (size_t k = 0; k < n; k++) {
-				uint64_t i = todo[b * CAPTURE_BATCH + k];
+				uint64_t i = pending[b * CAPTURE_BATCH + k];
 				struct capture_slot *s = &c->slots[set][k];
 
 				s->index = i;
@@ -62,7 +62,7 @@ static int capture_dirty(struct kiln_volume *v, const uint64_t *todo, size_t nto
 		}
 		if (b > 0) {
 			int prev = 1 - set;
-			size_t n = MIN((size_t)CAPTURE_BATCH, ntodo - (b - 1) * CAPTURE_BATCH);
+			size_t n = MIN((size_t)CAPTURE_BATCH, npending - (b - 1) * CAPTURE_BATCH);
 
 			for (size_t k = 0; k < n; k++) {
 				struct io_req *q = &reqs[prev][k];
@@ -82,7 +82,7 @@ static int capture_dirty(struct kiln_volume *v, const uint64_t *todo, size_t nto
 			for (size_t k = 0; k < n; k++)
 				memcpy(m->ids[c->slots[prev][k].index], c->slots[prev][k].id, CHUNK_ID_SIZE);
 			if (progress)
-				progress(opaque, (uint64_t)MIN(b * CAPTURE_BATCH, ntodo) * cs, (uint64_t)ntodo * cs);
+				progress(opaque, (uint64_t)MIN(b * CAPTURE_BATCH, npending) * cs, (uint64_t)npending * cs);
 		}
 	}
 	return 0;
@@ -152,17 +152,17 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 	struct kiln_snapshot_info info = { 0 };
 	struct manifest *m = NULL;
 	struct capture c = { 0 };
-	CLEANUP_FREE uint64_t *todo = NULL;
+	CLEANUP_FREE uint64_t *pending = NULL;
 	CLEANUP_FREE char *mname = NULL;
-	size_t ntodo = 0;
+	size_t npending = 0;
 	bool inserted = false, writing = false, manifest_written = false;
 	int r;
 
 	catch_up_parent(v);
 
 	m = manifest_new(v->map->size, v->map->chunk_size);
-	todo = malloc((v->map->nchunks ? v->map->nchunks : 1) * sizeof *todo);
-	if (!m || !todo) {
+	pending = malloc((v->map->nchunks ? v->map->nchunks : 1) * sizeof *pending);
+	if (!m || !pending) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -177,7 +177,7 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 				goto out;
 			}
 		} else if (vmap_state(v->map, i) == CHUNK_LOCAL) {
-			todo[ntodo++] = i;
+			pending[npending++] = i;
 		} else if (vmap_state(v->map, i) == CHUNK_BASE && have_parent) {
 			memcpy(m->ids[i], v->parent->ids[i], CHUNK_ID_SIZE);
 		}
@@ -202,7 +202,7 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 	info.state = KILN_SNAPSHOT_PENDING;
 	info.start_time = now_seconds();
 	info.chunks_total = v->map->nchunks;
-	info.chunks_changed = ntodo;
+	info.chunks_changed = npending;
 	r = catalog_snapshot_insert(rg->cat, &info);
 	if (r < 0)
 		goto out;
@@ -215,7 +215,7 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 	if (r < 0)
 		goto out;
 	writing = true;
-	r = capture_dirty(v, todo, ntodo, m, &c, progress, opaque);
+	r = capture_dirty(v, pending, npending, m, &c, progress, opaque);
 	if (r < 0)
 		goto out;
 	r = cs_commit(rg->cs);
@@ -269,7 +269,7 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 		vmap_sync(v->map);
 	}
 	memcpy(ret_id, info.id, KILN_ID_MAX);
-	debug("snapshot %s of %s: %zu chunks read, %llu new, %llu bytes stored", info.id, v->id, ntodo,
+	debug("snapshot %s of %s: %zu chunks read, %llu new, %llu bytes stored", info.id, v->id, npending,
 	      (unsigned long long)info.chunks_new, (unsigned long long)info.bytes_new_stored);
 	r = 0;
 out:
