@@ -996,15 +996,6 @@ int catalog_instance_update(struct catalog *cat, const struct kiln_instance_info
 				    (int64_t)in->nbd_pid, (int64_t)in->qemu_pid, in->id));
 }
 
-int catalog_instance_delete(struct catalog *cat, const char *id)
-{
-	int r = run(cat, NULL, "DELETE FROM instance_devices WHERE instance_id = ?", "s", id);
-
-	if (r == 0)
-		r = changed_one(cat, run(cat, NULL, "DELETE FROM instances WHERE id = ?", "s", id));
-	return r;
-}
-
 /* The volume behind an instance's device ("i-…/xvda" or "/dev/xvda"). */
 int catalog_instance_device_volume(struct catalog *cat, const char *instance_id, const char *device,
 				   char ret_volume[KILN_ID_MAX])

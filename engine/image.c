@@ -91,7 +91,8 @@ static int check_mapping(struct kiln_region *rg, const char *account, struct kil
 	if (r == -ENOENT) {
 		r = region_missing_id(rg, m->snapshot_id);
 		return set_why(wbuf, wlen, r, "%s: snapshot %s %s", m->device_name, m->snapshot_id,
-			   r == -EXDEV ? "is in another region" : "does not exist");
+			   r == -EXDEV ? "is in another region of the store: register the image in the "
+			   "snapshot's region, then 'kiln image copy' it here" : "does not exist");
 	}
 	if (r < 0)
 		return r;

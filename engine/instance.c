@@ -208,6 +208,8 @@ int kiln_instance_terminate(struct kiln_region *rg, const char *caller, const ch
 
 	if (r < 0)
 		goto out;
+	if (strcmp(in->state, "terminated") == 0)
+		goto out;               /* as EC2: terminating twice is no error */
 	/* A client still on a device that goes: not yet (the caller retries
 	 * once qemu's connections have closed), and nothing changed. */
 	for (size_t i = 0; i < in->ndevices; i++)
@@ -215,7 +217,11 @@ int kiln_instance_terminate(struct kiln_region *rg, const char *caller, const ch
 			r = -EBUSY;
 			goto out;
 		}
-	r = catalog_instance_delete(rg->cat, id);
+	/* The instance stays, terminated, as EC2 shows it; its devices are
+	 * no longer exported (the lookup skips terminated instances). */
+	snprintf(in->state, sizeof in->state, "terminated");
+	in->qemu_pid = 0;
+	r = catalog_instance_update(rg->cat, in);
 	if (r < 0)
 		goto out;
 	for (size_t i = 0; i < in->ndevices; i++) {

@@ -314,7 +314,6 @@ int catalog_instance_insert(struct catalog *cat, const struct kiln_instance_info
 int catalog_instance_get(struct catalog *cat, const char *id, struct kiln_instance_info *in);
 int catalog_instance_ids(struct catalog *cat, char (**ret_ids)[KILN_ID_MAX], size_t *ret_n);
 int catalog_instance_update(struct catalog *cat, const struct kiln_instance_info *in);
-int catalog_instance_delete(struct catalog *cat, const char *id);
 int catalog_instance_device_volume(struct catalog *cat, const char *instance_id, const char *device,
 				   char ret_volume[KILN_ID_MAX]);
 

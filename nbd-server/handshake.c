@@ -155,7 +155,9 @@ static int do_info_go(struct conn *c, uint32_t option, const uint8_t *data, uint
 		char msg[256];
 
 		snprintf(msg, sizeof msg, "%.100s: %s", name[0] ? name : "(default export)", why);
-		return reply_error(c, option, r == -ENOENT ? NBD_REP_ERR_UNKNOWN : NBD_REP_ERR_SHUTDOWN,
+		/* Busy (another process owns the volume) is a refusal of
+		 * policy, not a shutdown; the message says which. */
+		return reply_error(c, option, r == -ENOENT ? NBD_REP_ERR_UNKNOWN : NBD_REP_ERR_POLICY,
 				   msg);
 	}
 	c->min_block = e->size % 512 == 0 ? 512 : 1;

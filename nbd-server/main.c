@@ -225,7 +225,9 @@ static void open_store(struct server_config *cfg, const char *store_dir, const c
 
 	if (r < 0) {
 		server_error("%s: %s", store_dir,
-			     r == -ENOTDIR || r == -ENOENT ? "not a kiln store (run 'kiln init' first)" : strerror(-r));
+			     r == -ENOTDIR || r == -ENOENT ?
+			     "not a kiln store: give --store DIR or set KILN_STORE (the default is ./.kiln "
+			     "in the current directory), or make one with 'kiln init'" : strerror(-r));
 		exit(EXIT_FAILURE);
 	}
 	r = kiln_region_open(cfg->store, region_name, &cfg->region);

@@ -81,7 +81,8 @@ bool check_id(const char *kind, const char *id)
 void err_store_open(const char *dir, int r)
 {
 	if (r == -ENOENT || r == -ENOTDIR || r == -EBADMSG)
-		errmsg("%s is not a kiln store (run 'kiln init' first)", dir);
+		errmsg("%s is not a kiln store: give --store DIR or set KILN_STORE to yours "
+		       "(the default is ./.kiln in the current directory), or make one with 'kiln init'", dir);
 	else
 		errmsg_errno(r, "cannot open store %s", dir);
 }
