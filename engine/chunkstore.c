@@ -721,12 +721,35 @@ int cs_read_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUNK_ID_
 	r = fetch_many(cs, n, ids, bufs, raw_len, locs, recs, &space);
 	if (r == -EAGAIN) {
 		/* gc moved some: the slow path, which follows it */
-		for (size_t j = 0; j < n && r != 0; j++) {
+		for (size_t j = 0; j < n; j++) {
 			r = cs_read(cs, ids[j], bufs[j], raw_len);
 			if (r < 0)
 				return r;
 		}
-		r = 0;
+		return 0;
+	}
+	return r;
+}
+
+/* Copy one chunk, verified, through read_record() (which follows gc). */
+static int copy_one(struct chunkstore *src, struct chunkstore *dst, const uint8_t id[CHUNK_ID_SIZE],
+		    void *scratch, uint64_t *ret_added, uint64_t *ret_stored)
+{
+	struct chunk_loc loc;
+	uint8_t *rec = NULL;
+	const char *what;
+	bool added;
+	int r = cs_lookup(src, id, &loc);
+
+	if (r == 0)
+		r = read_record(src, id, &loc, &rec);
+	if (r == 0)
+		r = record_decode(src->region->store, rec, id, &loc, scratch, &what);
+	if (r == 0)
+		r = cs_add(dst, id, rec + RECORD_HEADER_SIZE, loc.stored_len, loc.raw_len, loc.flags, &added);
+	if (r == 0 && added) {
+		(*ret_added)++;
+		*ret_stored += RECORD_HEADER_SIZE + loc.stored_len;
 	}
 	return r;
 }
@@ -743,29 +766,16 @@ int cs_copy_many(struct chunkstore *src, struct chunkstore *dst, size_t n,
 	if (!locs || !recs)
 		return -ENOMEM;
 	r = fetch_many(src, n, ids, scratch, raw_len, locs, recs, &space);
-	for (size_t i = 0; r == -EAGAIN && i < n; i++) {
-		/* one by one, through gc's moves */
-		uint8_t *rec = NULL;
-		const char *what;
-		struct chunk_loc loc;
-		bool added;
-
-		r = cs_lookup(src, ids[i], &loc);
-		if (r == 0)
-			r = read_record(src, ids[i], &loc, &rec);
-		if (r == 0)
-			r = record_decode(src->region->store, rec, ids[i], &loc, scratch[i], &what);
-		if (r == 0)
-			r = cs_add(dst, ids[i], rec + RECORD_HEADER_SIZE, loc.stored_len, loc.raw_len,
-				   loc.flags, &added);
-		if (r == 0 && added) {
-			(*ret_added)++;
-			*ret_stored += RECORD_HEADER_SIZE + loc.stored_len;
+	if (r == -EAGAIN) {
+		/* gc moved some: one by one, through its moves */
+		for (size_t i = 0; i < n; i++) {
+			r = copy_one(src, dst, ids[i], scratch[i], ret_added, ret_stored);
+			if (r < 0)
+				return r;
 		}
-		if (r == 0 && i + 1 < n)
-			r = -EAGAIN;
+		return 0;
 	}
-	if (r < 0 || !space)
+	if (r < 0)
 		return r;
 	/* Verified: the stored bytes go across as they are, compressed. */
 	for (size_t i = 0; i < n; i++) {
