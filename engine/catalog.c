@@ -660,20 +660,15 @@ int catalog_image_get(struct catalog *cat, const char *id, struct kiln_image_inf
 	return r < 0 ? r : -ENOENT;
 }
 
-int catalog_image_list(struct catalog *cat, int (*fn)(void *opaque, const struct kiln_image_info *info),
-		       void *opaque)
+/* The ids a query returns (one text column), in its order, malloc'd: so
+ * no statement stays open while a caller's callback touches the catalog. */
+static int select_ids(struct catalog *cat, const char *sql, char (**ret_ids)[KILN_ID_MAX], size_t *ret_n)
 {
 	sqlite3_stmt *st = NULL;
-	struct kiln_image_info *im = malloc(sizeof *im);
 	char (*ids)[KILN_ID_MAX] = NULL;
 	size_t n = 0, cap = 0;
-	int r;
+	int r = run(cat, &st, sql, "");
 
-	if (!im)
-		return -ENOMEM;
-	/* Ids first, then each image whole: no statement stays open while
-	 * fn runs (it may touch the catalog). */
-	r = run(cat, &st, "SELECT id FROM images ORDER BY creation_time, id", "");
 	while (r == 1) {
 		int rc;
 
@@ -690,9 +685,26 @@ int catalog_image_list(struct catalog *cat, int (*fn)(void *opaque, const struct
 		}
 		copy_text(ids[n++], KILN_ID_MAX, st, 0);
 		rc = sqlite3_step(st);
-		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "images");
+		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, sql);
 	}
 	sqlite3_finalize(st);
+	if (r < 0) {
+		free(ids);
+		return r;
+	}
+	*ret_ids = ids;
+	*ret_n = n;
+	return 0;
+}
+
+int catalog_image_list(struct catalog *cat, int (*fn)(void *opaque, const struct kiln_image_info *info),
+		       void *opaque)
+{
+	struct kiln_image_info *im = malloc(sizeof *im);
+	char (*ids)[KILN_ID_MAX] = NULL;
+	size_t n = 0;
+	int r = im ? select_ids(cat, "SELECT id FROM images ORDER BY creation_time, id", &ids, &n) : -ENOMEM;
+
 	for (size_t i = 0; r == 0 && i < n; i++) {
 		r = catalog_image_get(cat, ids[i], im);
 		if (r == -ENOENT) {
@@ -956,37 +968,7 @@ int catalog_instance_get(struct catalog *cat, const char *id, struct kiln_instan
 
 int catalog_instance_ids(struct catalog *cat, char (**ret_ids)[KILN_ID_MAX], size_t *ret_n)
 {
-	sqlite3_stmt *st = NULL;
-	char (*ids)[KILN_ID_MAX] = NULL;
-	size_t n = 0, cap = 0;
-	int r = run(cat, &st, "SELECT id FROM instances ORDER BY launch_time, id", "");
-
-	while (r == 1) {
-		int rc;
-
-		if (n == cap) {
-			size_t ncap = cap ? cap * 2 : 64;
-			void *p = realloc(ids, ncap * sizeof *ids);
-
-			if (!p) {
-				r = -ENOMEM;
-				break;
-			}
-			ids = p;
-			cap = ncap;
-		}
-		copy_text(ids[n++], KILN_ID_MAX, st, 0);
-		rc = sqlite3_step(st);
-		r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_errno(cat->db, rc, "instances");
-	}
-	sqlite3_finalize(st);
-	if (r < 0) {
-		free(ids);
-		return r;
-	}
-	*ret_ids = ids;
-	*ret_n = n;
-	return 0;
+	return select_ids(cat, "SELECT id FROM instances ORDER BY launch_time, id", ret_ids, ret_n);
 }
 
 int catalog_instance_update(struct catalog *cat, const struct kiln_instance_info *in)
