@@ -68,6 +68,15 @@ int io_run(struct io_req *reqs, size_t n);
  * per thread. reqs must stay valid until io_finish() returns. */
 int io_start(struct io_req *reqs, size_t n);
 int io_finish(void);
+/* A queue that belongs to its owner, not to a thread: for requests left
+ * in flight across calls, such as the write of a full pack buffer while
+ * the next one fills. Its owner serialises the calls; after a failed
+ * io_queue_start() the queue must be freed, not finished. */
+struct io_queue;
+struct io_queue *io_queue_new(void);
+void io_queue_free(struct io_queue *q);
+int io_queue_start(struct io_queue *q, struct io_req *reqs, size_t n);
+int io_queue_finish(struct io_queue *q);
 const char *io_backend_name(void);
 
 /* ---- pool.c: a small pool of worker threads sized to the cores ------- */

@@ -62,19 +62,13 @@ static void make_key(void)
 
 enum { CTX_SYNC, CTX_ASYNC };
 
-static struct io_ctx *get_ctx(int which)
+static struct io_ctx *ctx_new(void)
 {
-	struct io_ctx *ctx;
-	const char *force;
+	struct io_ctx *ctx = calloc(1, sizeof *ctx);
+	const char *force = getenv("KILN_IO");
 
-	pthread_once(&ctx_once, make_key);
-	ctx = pthread_getspecific(ctx_key[which]);
-	if (ctx)
-		return ctx;
-	ctx = calloc(1, sizeof *ctx);
 	if (!ctx)
 		return NULL;
-	force = getenv("KILN_IO");
 	if (!(force && strcmp(force, "sync") == 0)) {
 		int r = io_uring_queue_init(RING_ENTRIES, &ctx->ring, 0);
 
@@ -84,6 +78,20 @@ static struct io_ctx *get_ctx(int which)
 			debug("io: io_uring_queue_init: %s; using pread/pwrite", strerror(-r));
 	}
 	backend = ctx->uring ? "io_uring" : "pread/pwrite";
+	return ctx;
+}
+
+static struct io_ctx *get_ctx(int which)
+{
+	struct io_ctx *ctx;
+
+	pthread_once(&ctx_once, make_key);
+	ctx = pthread_getspecific(ctx_key[which]);
+	if (ctx)
+		return ctx;
+	ctx = ctx_new();
+	if (!ctx)
+		return NULL;
 	debug("io: thread backend is %s", backend);
 	pthread_setspecific(ctx_key[which], ctx);
 	return ctx;
@@ -246,4 +254,41 @@ int io_run(struct io_req *reqs, size_t n)
 	if (r < 0)
 		return r;
 	return ctx_finish(ctx);
+}
+
+/* A queue owned by its caller rather than by a thread. */
+struct io_queue {
+	struct io_ctx *ctx;
+};
+
+struct io_queue *io_queue_new(void)
+{
+	struct io_queue *q = malloc(sizeof *q);
+
+	if (!q)
+		return NULL;
+	q->ctx = ctx_new();
+	if (!q->ctx) {
+		free(q);
+		return NULL;
+	}
+	return q;
+}
+
+void io_queue_free(struct io_queue *q)
+{
+	if (!q)
+		return;
+	free_ctx(q->ctx);
+	free(q);
+}
+
+int io_queue_start(struct io_queue *q, struct io_req *reqs, size_t n)
+{
+	return ctx_start(q->ctx, reqs, n);
+}
+
+int io_queue_finish(struct io_queue *q)
+{
+	return ctx_finish(q->ctx);
 }
