@@ -38,6 +38,7 @@
 #define PACK_LIMIT ((uint64_t)1 << 30)       /* start a new pack past 1 GiB */
 #define WBUF_SIZE ((size_t)8 << 20)
 #define DIRECT_ALIGN ((size_t)4096)     /* O_DIRECT offsets, lengths, buffers */
+#define MERGED_READ_MAX ((uint32_t)16 << 20)
 
 struct cs_entry {
 	uint8_t id[CHUNK_ID_SIZE];
@@ -669,7 +670,7 @@ static int fetch_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUN
 	CLEANUP_FREE struct io_req *reqs = calloc(n, sizeof *reqs);
 	CLEANUP_FREE int *results = calloc(n, sizeof *results);
 	CLEANUP_FREE uint8_t *space = NULL;
-	size_t total = 0, pos = 0;
+	size_t total = 0, pos = 0, nreqs = 0;
 	struct read_many rm;
 	int r = 0;
 
@@ -687,6 +688,8 @@ static int fetch_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUN
 	if (!space)
 		return -ENOMEM;
 	for (size_t i = 0; i < n; i++) {
+		uint32_t len = RECORD_HEADER_SIZE + locs[i].stored_len;
+		struct io_req *last = nreqs ? &reqs[nreqs - 1] : NULL;
 		int fd;
 
 		{
@@ -696,15 +699,22 @@ static int fetch_many(struct chunkstore *cs, size_t n, const uint8_t (*ids)[CHUN
 		if (fd < 0)
 			return fd == -ENOENT ? -EAGAIN : fd;
 		recs[i] = space + pos;
-		reqs[i] = (struct io_req){ .fd = fd, .op = IO_READ, .buf = recs[i],
-					   .len = RECORD_HEADER_SIZE + locs[i].stored_len,
-					   .off = locs[i].offset };
-		pos += reqs[i].len;
+		pos += len;
+		/* Records that follow one another in a pack (a volume's chunks
+		 * usually do) are read as one: fewer, larger reads, which is
+		 * what a cold pack on disk wants. */
+		if (last && last->fd == fd && last->off + last->len == locs[i].offset &&
+		    last->len <= MERGED_READ_MAX - len) {
+			last->len += len;
+			continue;
+		}
+		reqs[nreqs++] = (struct io_req){ .fd = fd, .op = IO_READ, .buf = recs[i],
+						 .len = len, .off = locs[i].offset };
 	}
-	r = io_run(reqs, n);
+	r = io_run(reqs, nreqs);
 	if (r < 0)
 		return r;
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < nreqs; i++)
 		if ((uint32_t)reqs[i].res != reqs[i].len)
 			return -EBADMSG;      /* truncated pack */
 	rm = (struct read_many){ cs, ids, bufs, locs, recs, results };
