@@ -344,6 +344,10 @@ struct kiln_volume {
 	pthread_rwlock_t io_lock;       /* I/O shared, snapshot exclusive */
 	pthread_mutex_t map_lock;       /* map entries */
 	pthread_mutex_t chunk_locks[64];/* copy-up of one chunk at a time */
+	/* Set up by the first precapture: per chunk, a count of completed
+	 * changes (under map_lock), and the records captured ahead. */
+	uint32_t *write_gen;
+	struct precap *precap;
 };
 
 int volume_create_locked(struct kiln_region *region, const char *account, uint64_t size,
@@ -396,6 +400,17 @@ void capture_free(struct capture *c);
  * the CPU part runs on the pool. The caller holds the region lock and
  * a chunk store write session when storing. */
 int capture_batch(struct capture *c, int set, size_t n);
+
+/* ---- precapture.c -------------------------------------------------- */
+
+/* With v's I/O frozen and a chunk store write session open: the chunks
+ * of pending[] whose record captured ahead is still valid get their id
+ * in m and their record in the store; pending[] keeps the others. */
+int precap_take(struct kiln_volume *v, uint64_t *pending, size_t *npending, struct manifest *m,
+		struct capture *c);
+/* After a snapshot: drop every record, and void captures in progress. */
+void precap_forget(struct kiln_volume *v);
+void precap_free(struct kiln_volume *v);
 
 /* ---- export.c: write chunks of a volume or snapshot to a raw file ---- */
 

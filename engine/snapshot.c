@@ -215,7 +215,9 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 	if (r < 0)
 		goto out;
 	writing = true;
-	r = capture_dirty(v, pending, npending, m, &c, progress, opaque);
+	r = precap_take(v, pending, &npending, m, &c);
+	if (r == 0)
+		r = capture_dirty(v, pending, npending, m, &c, progress, opaque);
 	if (r < 0)
 		goto out;
 	r = cs_commit(rg->cs);
@@ -258,6 +260,7 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 
 	/* The snapshot exists. From here a failure leaves the volume
 	 * pointing at its old parent with its dirty bits: still correct. */
+	precap_forget(v);
 	if (adopt_parent(v, mname, m) == 0) {
 		ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
 		m = NULL;

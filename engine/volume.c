@@ -450,6 +450,7 @@ int kiln_volume_close(struct kiln_volume *v)
 	}
 	if (v->overlay_fd >= 0)
 		close(v->overlay_fd);
+	precap_free(v);
 	manifest_free(v->parent);
 	free(v->zero_chunk);
 	pthread_rwlock_destroy(&v->io_lock);
@@ -577,6 +578,9 @@ static void set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, boo
 {
 	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
 	vmap_set(v->map, i, s, dirty);
+	/* The change is in the overlay: a record captured before is stale. */
+	if (v->write_gen && dirty)
+		v->write_gen[i]++;
 }
 
 /* Bytes of chunk i that lie inside the volume. */

@@ -224,6 +224,35 @@ void export_put(struct export *e)
 	pthread_mutex_unlock(&lock);
 }
 
+int exports_writable(struct export ***ret, size_t *ret_n)
+{
+	struct export **v = NULL;
+	size_t n = 0;
+
+	pthread_mutex_lock(&lock);
+	for (struct export *e = open_exports; e; e = e->next) {
+		struct export **nv;
+
+		if (e->read_only)
+			continue;
+		nv = realloc(v, (n + 1) * sizeof *v);
+		if (!nv) {
+			while (n > 0)
+				v[--n]->refs--;     /* none of them can reach 0 here */
+			free(v);
+			pthread_mutex_unlock(&lock);
+			return -ENOMEM;
+		}
+		v = nv;
+		e->refs++;
+		v[n++] = e;
+	}
+	pthread_mutex_unlock(&lock);
+	*ret = v;
+	*ret_n = n;
+	return 0;
+}
+
 void exports_close_all(void)
 {
 	if (pinned) {

@@ -24,6 +24,12 @@ void server_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define debug(fmt, ...) \
 	do { if (__builtin_expect(verbose, 0)) server_debug(fmt, ##__VA_ARGS__); } while (0)
 
+/* ---- precapture.c: the next snapshot's work, done early ----------- */
+
+/* Every ms milliseconds (0: never), capture quiet dirty chunks. */
+int precapture_start(unsigned ms);
+void precapture_stop(void);
+
 /* ---- exports.c: the one place export names are resolved ----------- */
 
 struct export {
@@ -44,6 +50,7 @@ struct server_config {
 	bool read_only;
 	char **allowed;         /* --export names; NULL: everything */
 	size_t nallowed;
+	unsigned precapture_ms; /* --precapture-interval; 0: off */
 };
 
 int exports_init(struct server_config *cfg);
@@ -52,6 +59,9 @@ int exports_init(struct server_config *cfg);
  * ret_why gets a message for the client. */
 int export_get(const char *name, struct export **ret_export, const char **ret_why);
 void export_put(struct export *e);
+/* The open writable exports, each with a reference taken: export_put()
+ * each, then free(*ret). */
+int exports_writable(struct export ***ret, size_t *ret_n);
 /* Every export a client may name: fn(opaque, name, description). */
 int exports_list(int (*fn)(void *opaque, const char *name, const char *description), void *opaque);
 /* Flush every open export (a FLUSH on one connection of a multi-conn

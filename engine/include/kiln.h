@@ -247,6 +247,14 @@ int kiln_volume_snapshot(struct kiln_volume *volume, const char *account,
 			 kiln_progress_fn progress, void *opaque,
 			 char ret_id[KILN_ID_MAX]);
 
+/* Do part of the next snapshot's work now: read, hash and compress up to
+ * max dirty chunks of an open volume that were not written since the
+ * previous call, and keep them in memory (64 MiB at most) until the
+ * snapshot, which takes each one only if its chunk was not written
+ * since. For a server that holds volumes open; *ret_done says how many
+ * were captured. */
+int kiln_volume_precapture(struct kiln_volume *volume, size_t max, size_t *ret_done);
+
 /* Snapshot several open volumes at one point in time: all are frozen
  * before the first snapshot starts (one barrier), so the set is
  * consistent, as EC2's multi-volume snapshots of an instance are. All or

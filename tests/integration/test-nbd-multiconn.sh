@@ -8,6 +8,8 @@
 #    a client writes a counter pattern non-stop is one point in time: every
 #    write answered before `kiln snapshot create` started is in it, none
 #    sent after it returned is, and no block is torn;
+#    The daemon captures quiet dirty chunks ahead every 10 ms meanwhile,
+#    and the snapshots must take some of those records;
 #  - `kiln volume delete` of the exported volume is refused.
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-functions.sh"
@@ -104,7 +106,9 @@ wait $pid_b || rc=$?
 cat "$TMPDIR/B.out"
 assert_eq "$rc" 0 "exit status of client B"
 
-start_nbd --export "$vol" -v
+# Captures ahead of the snapshot every 10 ms race the writer: the records
+# they keep must be taken only for chunks no write touched since.
+start_nbd --export "$vol" -v --precapture-interval 10
 SOCK=$NBD_SOCK
 nbdsh -u "$(nbd_uri "$vol")" -c '
 import random, sys
@@ -240,6 +244,9 @@ if final != state(n):
     sys.exit("the volume does not hold the writer's last writes")
 print("the volume holds all %d writes" % n)
 EOF
+
+grep -q "dirty chunks were captured ahead" "$NBD_LOG" ||
+	fail "no online snapshot took a chunk captured ahead (the race was not run)"
 
 # ---- the exported volume cannot be deleted ------------------------------
 expect_fail kiln volume delete "$vol"
