@@ -26,7 +26,6 @@
 
 struct io_ctx {
 	bool uring;
-	bool background;    /* reads run in io-wq, never inline in submit */
 	struct io_uring ring;
 	/* the batch in flight (io_start .. io_finish) */
 	struct io_req *reqs;
@@ -93,10 +92,6 @@ static struct io_ctx *get_ctx(int which)
 	ctx = ctx_new();
 	if (!ctx)
 		return NULL;
-	/* io_start() is for I/O that overlaps the caller's work; a read
-	 * that hits the page cache would otherwise be copied inline, by
-	 * the caller, inside io_uring_submit(). */
-	ctx->background = which == CTX_ASYNC;
 	debug("io: thread backend is %s", backend);
 	pthread_setspecific(ctx_key[which], ctx);
 	return ctx;
@@ -143,8 +138,6 @@ static void prep(struct io_ctx *ctx, size_t i)
 	else
 		io_uring_prep_write(sqe, q->fd, (uint8_t *)q->buf + done, q->len - done, q->off + done);
 	io_uring_sqe_set_data64(sqe, i);
-	if (ctx->background)
-		io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
 	ctx->inflight++;
 }
 
