@@ -175,7 +175,7 @@ print("ready", written, flush=True)
 sys.stdin.read()            # hold the connection until told
 h.shutdown()
 EOF
-declare -A nbd_written nbd_write_s
+declare -A nbd_written nbd_write_s nbd_write_cpu
 
 # one_run: every measurement once, in a fresh directory $rw.
 one_run() {
@@ -214,20 +214,22 @@ one_run() {
 	# snapshot create` runs, so the request goes to the daemon over the
 	# volume's control socket, as it would for a running guest.
 	nbd_hwm=0
-	# nbd_case KEY MODE: set up, connect (and for delta, write), snapshot,
-	# export, cmp.
+	# nbd_case KEY MODE [DAEMON-ARGS]: set up, connect (and for delta,
+	# write), snapshot, export, cmp.
 	nbd_case() {
-		local key=$1 mode=$2 st=$rw/store-$2 sock=$rw/nbd-$2.sock ready n t0 t1 c0 c1 s v snap wpid pid hwm uri
+		local key=$1 mode=$2 st=$rw/store-$1 sock=$rw/nbd-$1.sock ready n t0 t1 cw c0 c1 s v snap wpid pid hwm uri
+		shift 2
 		"$KILN" --store "$st" init >/dev/null
 		v=$("$KILN" --store "$st" volume import "$v1")
 		s=$("$KILN" --store "$st" snapshot create "$v")
 		v=$("$KILN" --store "$st" volume create --snapshot-id "$s")
 		uri="nbd+unix:///$v?socket=$sock"
-		"$KILN_NBD" --store "$st" --unix "$sock" --pidfile "$rw/nbd-$mode.pid" --foreground --export "$v" \
-			2>"$rw/nbd-$mode.log" &
+		"$KILN_NBD" --store "$st" --unix "$sock" --pidfile "$rw/nbd-$key.pid" --foreground --export "$v" \
+			"$@" 2>"$rw/nbd-$key.log" &
 		pid=$!
 		pids+=($pid)
-		wait_for "$rw/nbd-$mode.pid"
+		wait_for "$rw/nbd-$key.pid"
+		cw=$(proc_cpu "$pid")
 		t0=$(date +%s.%N)
 		coproc WRITER { /usr/bin/python3 "$work/nbd-writer.py" "$mode" "$uri" "$v1" "$v2"; }
 		wpid=$WRITER_PID
@@ -241,6 +243,7 @@ one_run() {
 		nbd_written[$key]=$n
 		nbd_write_s[$key]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 		c0=$(proc_cpu "$pid")
+		nbd_write_cpu[$key]=$(awk -v a="$cw" -v b="$c0" 'BEGIN { printf "%.2f", b - a }')
 		timed "$key" "$KILN" --store "$st" snapshot create "$v" >"$rw/out"
 		c1=$(proc_cpu "$pid")
 		snap=$(cat "$rw/out")
@@ -258,6 +261,7 @@ one_run() {
 	}
 	echo "kiln: the change written through kiln-nbd, then snapshot..."
 	nbd_case kiln_nbd_delta delta
+	nbd_case kiln_nbd_delta_off delta --precapture-interval 0
 	nbd_case kiln_nbd_copy copy
 	combine kiln_cli k_imp1 k_snap1 k_imp2 k_snap2 kiln_restore kiln_nbd_delta kiln_nbd_copy
 
@@ -378,6 +382,7 @@ table=$(
 	echo "| --- | --- | --- | --- | --- | --- | --- |"
 	echo "| kiln, import + snapshot | $(mbs kiln_full) | $(sec kiln_incr) | $(mbs kiln_restore) | $(mib "${repo[kiln]}") | $(cpus kiln) | $(kib_mib "$kiln_peak") |"
 	echo "| kiln, snapshot after the changed blocks were written via kiln-nbd | — | $(sec kiln_nbd_delta) | — | — | — / ${cpu[kiln_nbd_delta]} / — | daemon $(kib_mib "$nbd_hwm") |"
+	echo "| kiln, the same with kiln-nbd --precapture-interval 0 (no capture ahead) | — | $(sec kiln_nbd_delta_off) | — | — | — / ${cpu[kiln_nbd_delta_off]} / — | daemon $(kib_mib "$nbd_hwm") |"
 	echo "| kiln, snapshot after nbdcopy of all of v2 via kiln-nbd | — | $(sec kiln_nbd_copy) | — | — | — / ${cpu[kiln_nbd_copy]} / — | daemon $(kib_mib "$nbd_hwm") |"
 	for t in "${tools[@]}"; do
 		echo "| $(label "$t") | $(mbs "${t}_full") | $(sec "${t}_incr") | $(mbs "${t}_restore") | $(mib "${repo[$t]}") | $(cpus "$t") | $(kib_mib "$(peak "$t")") |"
@@ -397,9 +402,11 @@ table=$(
 	echo
 	echo "Writes through kiln-nbd before those snapshots (not in the times): $(mib "${nbd_written[kiln_nbd_delta]}") MiB of changed blocks in ${nbd_write_s[kiln_nbd_delta]} s;" \
 		"nbdcopy of the whole image in ${nbd_write_s[kiln_nbd_copy]} s."
+	echo "kiln-nbd's CPU while the changed blocks were written: ${nbd_write_cpu[kiln_nbd_delta]} s capturing ahead," \
+		"${nbd_write_cpu[kiln_nbd_delta_off]} s with --precapture-interval 0 (the difference is the snapshot work done early)."
 	if [ "$runs" -gt 1 ]; then
 		echo "Medians of $runs runs; the seconds of each run:"
-		for t in kiln kiln_nbd_delta kiln_nbd_copy "${tools[@]}"; do
+		for t in kiln kiln_nbd_delta kiln_nbd_delta_off kiln_nbd_copy "${tools[@]}"; do
 			line=""
 			for k in "${t}_full" "${t}_incr" "${t}_restore" "$t"; do
 				if [ -n "${runs_wall[$k]:-}" ]; then line+="; $k ${runs_wall[$k]% }"; fi
@@ -425,8 +432,9 @@ done
 if check_peer restic; then
 	x=$(ratio "${wall[restic_incr]}" "${wall[kiln_nbd_delta]}")
 	y=$(ratio "${wall[restic_incr]}" "${wall[kiln_nbd_copy]}")
-	target "incremental after writes through kiln-nbd >= 20x faster than restic's" "$(verdict "$x" 20 '>=') (changed blocks written); $(verdict "$y" 20 '>=') (whole image nbdcopy'd)" \
-		"$(sec restic_incr) s / $(sec kiln_nbd_delta) s = ${x}x; after nbdcopy of all of v2 $(sec restic_incr) s / $(sec kiln_nbd_copy) s = ${y}x"
+	z=$(ratio "${wall[restic_incr]}" "${wall[kiln_nbd_delta_off]}")
+	target "incremental after writes through kiln-nbd >= 20x faster than restic's" "$(verdict "$x" 20 '>=') (changed blocks written); $(verdict "$y" 20 '>=') (whole image nbdcopy'd); $(verdict "$z" 20 '>=') (changed blocks, no capture ahead)" \
+		"$(sec restic_incr) s / $(sec kiln_nbd_delta) s = ${x}x; after nbdcopy of all of v2 $(sec restic_incr) s / $(sec kiln_nbd_copy) s = ${y}x; changed blocks with --precapture-interval 0 $(sec restic_incr) s / $(sec kiln_nbd_delta_off) s = ${z}x"
 fi
 if check_peer borg_fixed; then
 	x=$(ratio "${wall[borg_fixed_incr]}" "${wall[kiln_incr]}")
