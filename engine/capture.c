@@ -3,8 +3,9 @@
  * records. The CPU work (zero check first, since it is the cheapest and
  * most common answer; then the keyed hash; then compression only for
  * chunks the store lacks) runs on the pool; adding records to the pack
- * stays on the caller's thread, in order. Two sets of slots let the
- * caller read the next batch while this one is processed. */
+ * stays on the caller's thread, in order. Three sets of slots let the
+ * caller read one batch and store another while the pool works on a
+ * third. */
 #include <errno.h>
 #include <string.h>
 
@@ -20,11 +21,11 @@ int capture_init(struct capture *c, struct kiln_region *region, bool store)
 	c->region = region;
 	c->chunk_size = cs;
 	c->store = store;
-	c->space = aligned_alloc(4096, 2 * CAPTURE_BATCH * ((per + 4095) & ~(size_t)4095));
+	c->space = aligned_alloc(4096, CAPTURE_SETS * CAPTURE_BATCH * ((per + 4095) & ~(size_t)4095));
 	if (!c->space)
 		return -ENOMEM;
 	per = (per + 4095) & ~(size_t)4095;
-	for (int s = 0; s < 2; s++)
+	for (int s = 0; s < CAPTURE_SETS; s++)
 		for (int i = 0; i < CAPTURE_BATCH; i++) {
 			uint8_t *p = c->space + ((size_t)s * CAPTURE_BATCH + (size_t)i) * per;
 
@@ -40,16 +41,9 @@ void capture_free(struct capture *c)
 	c->space = NULL;
 }
 
-struct batch_arg {
-	struct capture *c;
-	struct capture_slot *slots;
-	int level;
-	int error;
-};
-
 static void process_slot(void *arg, size_t i)
 {
-	struct batch_arg *b = arg;
+	struct capture_job *b = arg;
 	struct capture *c = b->c;
 	struct capture_slot *s = &b->slots[i];
 	ssize_t n;
@@ -76,15 +70,24 @@ static void process_slot(void *arg, size_t i)
 		s->out_len = n;
 }
 
-int capture_batch(struct capture *c, int set, size_t n)
+void capture_start(struct capture *c, int set, size_t n)
 {
-	struct batch_arg b = { c, c->slots[set], kiln_store_zstd_level(c->region->store), 0 };
+	c->job = (struct capture_job){ c, c->slots[set], kiln_store_zstd_level(c->region->store), 0 };
+	pool_start(process_slot, &c->job, n);
+}
 
-	pool_run(process_slot, &b, n);
-	if (b.error)
-		return b.error;
+int capture_join(struct capture *c)
+{
+	pool_join();
+	return c->job.error;
+}
+
+/* In order, on the caller's thread: the records go to the pack in the
+ * order of the volume's chunks, which keeps a volume's chunks together. */
+int capture_add(struct capture *c, int set, size_t n)
+{
 	for (size_t i = 0; i < n; i++) {
-		struct capture_slot *s = &b.slots[i];
+		struct capture_slot *s = &c->slots[set][i];
 		bool added = false;
 		int r;
 
@@ -107,4 +110,13 @@ int capture_batch(struct capture *c, int set, size_t n)
 		}
 	}
 	return 0;
+}
+
+int capture_batch(struct capture *c, int set, size_t n)
+{
+	int r;
+
+	capture_start(c, set, n);
+	r = capture_join(c);
+	return r < 0 ? r : capture_add(c, set, n);
 }

@@ -79,9 +79,52 @@ static bool in_hole(struct holes *h, uint64_t off, uint64_t len)
 	return off + len <= h->data_start;
 }
 
-/* Read the image a batch at a time, batch k+1 in flight while batch k is
- * processed by the capture and then handed to fn. Chunks in holes are
- * not read: their slot is skipped, with a zero id. */
+/* Lay out batch b in a set of slots and start reading it. Chunks wholly
+ * in a hole are not read: their slot is skipped, with a zero id. */
+static int start_reads(struct capture *c, int fd, uint64_t size, struct holes *h, uint64_t b,
+		       int set, struct io_req *reqs, size_t *ret_n)
+{
+	uint32_t cs = c->chunk_size;
+	uint64_t nchunks = DIV_ROUND_UP(size, cs);
+	size_t n = (size_t)MIN((uint64_t)CAPTURE_BATCH, nchunks - b * CAPTURE_BATCH), nreqs = 0;
+
+	for (size_t k = 0; k < n; k++) {
+		uint64_t i = b * CAPTURE_BATCH + k;
+		struct capture_slot *s = &c->slots[set][k];
+
+		s->index = i;
+		s->skip = in_hole(h, i * cs, MIN((uint64_t)cs, size - i * cs));
+		if (s->skip) {
+			memset(s->id, 0, CHUNK_ID_SIZE);
+			continue;
+		}
+		reqs[nreqs++] = (struct io_req){ .fd = fd, .op = IO_READ, .buf = s->data, .len = cs,
+						 .off = i * cs };
+	}
+	*ret_n = nreqs;
+	return io_start(reqs, nreqs);
+}
+
+static int check_reads(struct io_req *reqs, size_t n, uint64_t size, uint32_t cs)
+{
+	for (size_t k = 0; k < n; k++) {
+		struct io_req *q = &reqs[k];
+		uint64_t want = MIN((uint64_t)cs, size - q->off);
+
+		if (q->res < 0)
+			return q->res;
+		if ((uint64_t)q->res < want)
+			return -EIO;    /* the image shrank under us */
+		if ((uint32_t)q->res < cs)
+			memset((uint8_t *)q->buf + q->res, 0, cs - (uint32_t)q->res);
+	}
+	return 0;
+}
+
+/* Read the image a batch at a time, as a pipeline over three sets of
+ * slots: while the pool hashes and compresses batch b, the caller reads
+ * batch b+1 and stores batch b-1 (then hands it to fn), and then joins
+ * the pool on b. */
 static int scan_image(int fd, uint64_t size, struct capture *c,
 		      int (*fn)(void *opaque, struct capture_slot *slots, size_t n), void *opaque,
 		      kiln_progress_fn progress, void *popaque)
@@ -89,77 +132,65 @@ static int scan_image(int fd, uint64_t size, struct capture *c,
 	uint32_t cs = c->chunk_size;
 	uint64_t nchunks = DIV_ROUND_UP(size, cs);
 	uint64_t nb = DIV_ROUND_UP(nchunks, CAPTURE_BATCH);
-	struct io_req reqs[2][CAPTURE_BATCH];
-	size_t nreqs[2] = { 0, 0 };
+	struct io_req reqs[CAPTURE_SETS][CAPTURE_BATCH];
+	size_t nreqs[CAPTURE_SETS] = { 0 };
 	struct holes h = { .fd = fd, .size = size };
+	bool reading = false, on_pool = false;
 	struct stat st;
 	int r = 0;
 
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		h.unsupported = true;
-	for (uint64_t b = 0; b <= nb; b++) {
-		int set = (int)(b & 1);
+	if (nb > 0) {
+		r = start_reads(c, fd, size, &h, 0, 0, reqs[0], &nreqs[0]);
+		reading = true;
+	}
+	for (uint64_t b = 0; r == 0 && b <= nb; b++) {
+		int set = (int)(b % CAPTURE_SETS), prev = (int)((b + CAPTURE_SETS - 1) % CAPTURE_SETS);
 
-		if (b > 0) {
-			r = io_finish();
-			if (r < 0)
-				return r;
-		}
 		if (b < nb) {
-			size_t n = (size_t)MIN((uint64_t)CAPTURE_BATCH, nchunks - b * CAPTURE_BATCH);
-
-			nreqs[set] = 0;
-			for (size_t k = 0; k < n; k++) {
-				uint64_t i = b * CAPTURE_BATCH + k;
-				struct capture_slot *s = &c->slots[set][k];
-
-				s->index = i;
-				s->skip = in_hole(&h, i * cs, MIN((uint64_t)cs, size - i * cs));
-				if (s->skip) {
-					memset(s->id, 0, CHUNK_ID_SIZE);
-					continue;
-				}
-				reqs[set][nreqs[set]++] = (struct io_req){ .fd = fd, .op = IO_READ,
-									   .buf = s->data, .len = cs,
-									   .off = i * cs };
-			}
-			r = io_start(reqs[set], nreqs[set]);
-			if (r < 0) {
-				io_finish();
-				return r;
-			}
+			r = io_finish();
+			reading = false;
+			if (r == 0)
+				r = check_reads(reqs[set], nreqs[set], size, cs);
 		}
-		if (b > 0) {
-			int prev = 1 - set;
+		if (on_pool) {
+			int r2 = capture_join(c);
+
+			on_pool = false;
+			if (r == 0)
+				r = r2;
+		}
+		if (r < 0)
+			break;
+		if (b < nb) {
+			capture_start(c, set, (size_t)MIN((uint64_t)CAPTURE_BATCH, nchunks - b * CAPTURE_BATCH));
+			on_pool = true;
+		}
+		if (b + 1 < nb) {
+			int next = (int)((b + 1) % CAPTURE_SETS);
+
+			r = start_reads(c, fd, size, &h, b + 1, next, reqs[next], &nreqs[next]);
+			reading = true;
+		}
+		if (r == 0 && b > 0) {
 			size_t n = (size_t)MIN((uint64_t)CAPTURE_BATCH, nchunks - (b - 1) * CAPTURE_BATCH);
 
-			for (size_t k = 0; k < nreqs[prev]; k++) {
-				struct io_req *q = &reqs[prev][k];
-				uint64_t want = MIN((uint64_t)cs, size - q->off);
-
-				if (q->res < 0)
-					r = q->res;
-				else if ((uint64_t)q->res < want)
-					r = -EIO;   /* the image shrank under us */
-				else if ((uint32_t)q->res < cs)
-					memset((uint8_t *)q->buf + q->res, 0, cs - (uint32_t)q->res);
-			}
-			if (r == 0)
-				r = capture_batch(c, prev, n);
+			r = capture_add(c, prev, n);
 			if (r == 0)
 				r = fn(opaque, c->slots[prev], n);
-			if (r < 0) {
-				if (b < nb)
-					io_finish();
-				return r;
-			}
 			if (progress)
-				progress(popaque, MIN((b * CAPTURE_BATCH) * (uint64_t)cs, size), size);
+				progress(popaque, MIN(b * CAPTURE_BATCH * (uint64_t)cs, size), size);
 			if (b == nb / 2)
 				crash_point("import:half");
 		}
 	}
-	return 0;
+	/* after an error: nothing may be left running into our slots */
+	if (on_pool)
+		capture_join(c);
+	if (reading)
+		io_finish();
+	return r;
 }
 
 /* ---- into a new volume ----------------------------------------------- */

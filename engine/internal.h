@@ -83,6 +83,11 @@ const char *io_backend_name(void);
 
 /* Call fn(arg, i) for i in [0, n) on the pool; the caller works too. */
 void pool_run(void (*fn)(void *arg, size_t i), void *arg, size_t n);
+/* pool_run() in two halves: the workers start on fn now; pool_join() has
+ * the caller take part and returns when all is done. One job at a time:
+ * other threads' pool_run() waits, the caller's own runs inline. */
+void pool_start(void (*fn)(void *arg, size_t i), void *arg, size_t n);
+void pool_join(void);
 unsigned pool_threads(void);
 
 /* ---- compress.c: the only zstd user --------------------------------- */
@@ -374,6 +379,7 @@ int control_snapshot_set(struct kiln_region *region, const char *const *volume_i
 /* ---- capture.c: hash, compress and store batches of chunks --------- */
 
 #define CAPTURE_BATCH 64        /* chunks per batch: the I/O queue depth */
+#define CAPTURE_SETS 3          /* one read, one on the pool, one being stored */
 
 struct capture_slot {
 	uint64_t index;             /* chunk index in the volume */
@@ -389,7 +395,13 @@ struct capture {
 	struct kiln_region *region;
 	uint32_t chunk_size;
 	bool store;                 /* compress and add new chunks */
-	struct capture_slot slots[2][CAPTURE_BATCH];
+	struct capture_slot slots[CAPTURE_SETS][CAPTURE_BATCH];
+	struct capture_job {            /* the set on the pool */
+		struct capture *c;
+		struct capture_slot *slots;
+		int level;
+		int error;
+	} job;
 	uint8_t *space;
 	uint64_t chunks_new, bytes_new_stored, chunks_data;
 };
@@ -400,6 +412,12 @@ void capture_free(struct capture *c);
  * the CPU part runs on the pool. The caller holds the region lock and
  * a chunk store write session when storing. */
 int capture_batch(struct capture *c, int set, size_t n);
+/* capture_batch() in three steps, so the caller can store one set and
+ * read another while the pool works on a third: start the CPU part on
+ * the pool, join it (the caller helps), then add the new chunks. */
+void capture_start(struct capture *c, int set, size_t n);
+int capture_join(struct capture *c);
+int capture_add(struct capture *c, int set, size_t n);
 
 /* ---- precapture.c -------------------------------------------------- */
 

@@ -2,7 +2,9 @@
 /* pool.c: a process-wide pool of worker threads, one per core less the
  * caller, for hashing and (de)compression. Work is a parallel for-loop:
  * an atomic counter hands out indices, the caller takes part, and
- * pool_run() returns when every index is done. */
+ * pool_run() returns when every index is done. pool_start() and
+ * pool_join() split it, so the caller can do serial work of its own
+ * while the workers begin. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -61,7 +63,7 @@ static void *worker(void *unused)
 	return NULL;
 }
 
-static void pool_start(void)
+static void pool_start_workers(void)
 {
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);
 	const char *env = getenv("KILN_THREADS");
@@ -87,35 +89,51 @@ static void pool_start(void)
 
 unsigned pool_threads(void)
 {
-	pthread_once(&pool_once, pool_start);
+	pthread_once(&pool_once, pool_start_workers);
 	return pool.nworkers + 1;
 }
 
-void pool_run(void (*fn)(void *arg, size_t i), void *arg, size_t n)
-{
-	pthread_once(&pool_once, pool_start);
-	if (n <= 1 || pool.nworkers == 0) {
-		for (size_t i = 0; i < n; i++)
-			fn(arg, i);
-		return;
-	}
+/* The thread between pool_start() and pool_join(), which runs any
+ * pool_run() of its own inline rather than wait for itself. */
+static __thread bool holding_job;
 
+void pool_start(void (*fn)(void *arg, size_t i), void *arg, size_t n)
+{
+	pthread_once(&pool_once, pool_start_workers);
 	pthread_mutex_lock(&pool.run_lock);
+	holding_job = true;
 	pthread_mutex_lock(&pool.lock);
 	pool.fn = fn;
 	pool.arg = arg;
 	pool.n = n;
 	atomic_store(&pool.next, 0);
-	pool.busy = pool.nworkers;
-	pool.generation++;
-	pthread_cond_broadcast(&pool.wake);
+	if (n > 1 && pool.nworkers > 0) {
+		pool.busy = pool.nworkers;
+		pool.generation++;
+		pthread_cond_broadcast(&pool.wake);
+	}
 	pthread_mutex_unlock(&pool.lock);
+}
 
-	work();
-
+void pool_join(void)
+{
+	work();         /* the caller takes what is left */
 	pthread_mutex_lock(&pool.lock);
 	while (pool.busy > 0)
 		pthread_cond_wait(&pool.idle, &pool.lock);
 	pthread_mutex_unlock(&pool.lock);
+	holding_job = false;
 	pthread_mutex_unlock(&pool.run_lock);
+}
+
+void pool_run(void (*fn)(void *arg, size_t i), void *arg, size_t n)
+{
+	pthread_once(&pool_once, pool_start_workers);
+	if (n <= 1 || pool.nworkers == 0 || holding_job) {
+		for (size_t i = 0; i < n; i++)
+			fn(arg, i);
+		return;
+	}
+	pool_start(fn, arg, n);
+	pool_join();
 }
