@@ -5,8 +5,9 @@
  *
  * Layout (manifest.c): 96-byte header (magic "KILNMANI", le32 version,
  * le32 chunk_size, le64 size, le64 nchunks, 32 bytes snapshot id, 32
- * bytes parent id), nchunks 16-byte ids, then XXH64 (canonical) of all
- * that precedes it. */
+ * bytes parent id), the ids, then XXH64 (canonical) of all that precedes
+ * it. Version 2 (written) has the ids as runs of (le32 zeros, le32 n, n
+ * 16-byte ids); version 1 (still read) has all nchunks ids in a row. */
 #include "unit.h"
 
 #include <dirent.h>
@@ -69,6 +70,24 @@ static void assert_same_manifest(const struct manifest *a, const struct manifest
 	assert_string_equal(a->parent_id, b->parent_id);
 	if (a->nchunks)
 		assert_memory_equal(a->ids, b->ids, a->nchunks * CHUNK_ID_SIZE);
+}
+
+/* The length of a version 2 manifest, counted apart from manifest.c. */
+static size_t v2_length(const struct manifest *m)
+{
+	size_t len = HEADER_SIZE + TRAILER_SIZE;
+	uint64_t i = 0;
+
+	while (i < m->nchunks) {
+		len += 8;
+		while (i < m->nchunks && chunk_id_is_zero(m->ids[i]))
+			i++;
+		while (i < m->nchunks && !chunk_id_is_zero(m->ids[i])) {
+			len += CHUNK_ID_SIZE;
+			i++;
+		}
+	}
+	return len;
 }
 
 static uint8_t *read_whole(const struct fixture *f, const char *name, size_t *ret_len)
@@ -146,8 +165,7 @@ static void test_round_trip(void **state)
 			assert_int_equal(m->nchunks, (sizes[s] + cs - 1) / cs);
 			assert_rc(manifest_write(f->dirfd, NAME, m), 0);
 			snprintf(path, sizeof path, "%s/%s", f->dir, NAME);
-			assert_int_equal(unit_file_size(path),
-					 HEADER_SIZE + m->nchunks * CHUNK_ID_SIZE + TRAILER_SIZE);
+			assert_int_equal(unit_file_size(path), v2_length(m));
 			assert_rc(manifest_read(f->dirfd, NAME, &got), 0);
 			assert_same_manifest(m, got);
 			/* the zero ids came back zero, the others not */
@@ -212,7 +230,8 @@ static void test_flipped_byte_anywhere(void **state)
 
 	assert_rc(manifest_write(f->dirfd, NAME, m), 0);
 	buf = read_whole(f, NAME, &len);
-	assert_int_equal(len, HEADER_SIZE + 5 * CHUNK_ID_SIZE + TRAILER_SIZE);
+	/* ids at 0, 2, 3: runs (0 zeros, 1), (1, 2), (1, 0) */
+	assert_int_equal(len, HEADER_SIZE + 3 * 8 + 3 * CHUNK_ID_SIZE + TRAILER_SIZE);
 	for (size_t off = 0; off < len; off++) {
 		static const uint8_t masks[] = { 0x01, 0x80, 0xff };
 
@@ -265,7 +284,7 @@ static void test_wrong_version(void **state)
 	struct fixture *f = *state;
 	struct manifest *m = make_manifest(3 * (uint64_t)CS, CS, "");
 	struct manifest *got = NULL;
-	static const uint32_t versions[] = { 0, 2, 0x100, UINT32_MAX };
+	static const uint32_t versions[] = { 0, 3, 0x100, UINT32_MAX };
 	uint8_t *buf;
 	size_t len;
 	uint32_t v;
@@ -273,7 +292,7 @@ static void test_wrong_version(void **state)
 	assert_rc(manifest_write(f->dirfd, NAME, m), 0);
 	buf = read_whole(f, NAME, &len);
 	memcpy(&v, buf + 8, 4);
-	assert_int_equal(le32toh(v), 1);
+	assert_int_equal(le32toh(v), 2);
 
 	/* control: re-checksumming an unchanged file keeps it valid, so
 	 * fix_checksum() computes what manifest.c checks */
@@ -372,6 +391,124 @@ static void test_bug_huge_size_without_ids(void **state)
 	manifest_free(m);
 }
 
+/* Manifests written before version 2 hold every id in a row; they read
+ * as they always did. */
+static void test_reads_version_1(void **state)
+{
+	struct fixture *f = *state;
+	struct manifest *m = make_manifest(7 * (uint64_t)CS + 100, CS, "snap-fedcba98765432100");
+	struct manifest *got = NULL;
+	size_t len = HEADER_SIZE + m->nchunks * CHUNK_ID_SIZE + TRAILER_SIZE;
+	uint8_t *v2, *v1 = calloc(1, len);
+	size_t v2len;
+	uint32_t v = htole32(1);
+
+	assert_non_null(v1);
+	assert_rc(manifest_write(f->dirfd, NAME, m), 0);
+	v2 = read_whole(f, NAME, &v2len);
+	memcpy(v1, v2, HEADER_SIZE);
+	memcpy(v1 + 8, &v, 4);
+	memcpy(v1 + HEADER_SIZE, m->ids, m->nchunks * CHUNK_ID_SIZE);
+	fix_checksum(v1, len);
+	write_whole(f, NAME, v1, len);
+	assert_rc(manifest_read(f->dirfd, NAME, &got), 0);
+	assert_same_manifest(m, got);
+	manifest_free(got);
+	/* a version 2 body under a version 1 header does not fit */
+	memcpy(v2 + 8, &v, 4);
+	fix_checksum(v2, v2len);
+	write_whole(f, NAME, v2, v2len);
+	assert_read_fails(f, NAME, -EBADMSG);
+	free(v1);
+	free(v2);
+	manifest_free(m);
+}
+
+/* Runs that do not add up to the header's chunks are damage, even under
+ * a matching checksum. The manifest: 10 chunks, ids at 3 and 4. */
+static void put_run(uint8_t *p, uint32_t zeros, uint32_t n)
+{
+	zeros = htole32(zeros);
+	n = htole32(n);
+	memcpy(p, &zeros, 4);
+	memcpy(p + 4, &n, 4);
+}
+
+static void test_runs_are_checked(void **state)
+{
+	struct fixture *f = *state;
+	struct manifest *m = manifest_new(10 * (uint64_t)CS, CS), *got = NULL;
+	uint8_t *buf, *work;
+	size_t len;
+
+	assert_non_null(m);
+	unit_fill_random(m->ids[3], 2 * CHUNK_ID_SIZE, 77);
+	assert_rc(manifest_write(f->dirfd, NAME, m), 0);
+	buf = read_whole(f, NAME, &len);
+	/* (3 zeros, 2 ids), (5 zeros, 0 ids) */
+	assert_int_equal(len, HEADER_SIZE + 2 * 8 + 2 * CHUNK_ID_SIZE + TRAILER_SIZE);
+	work = calloc(1, len + 64);
+	assert_non_null(work);
+
+	static const struct { uint32_t z1, n1, z2, n2; } bad[] = {
+		{ 3, 2, 6, 0 },     /* one chunk too many */
+		{ 3, 2, 4, 0 },     /* one too few */
+		{ 3, 2, 0, 0 },     /* an empty run */
+		{ 3, 3, 4, 0 },     /* an id the file does not hold */
+		{ 11, 2, 5, 0 },    /* zeros past the end */
+		{ 3, UINT32_MAX, 5, 0 },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		memcpy(work, buf, len);
+		put_run(work + HEADER_SIZE, bad[i].z1, bad[i].n1);
+		put_run(work + HEADER_SIZE + 8 + 2 * CHUNK_ID_SIZE, bad[i].z2, bad[i].n2);
+		fix_checksum(work, len);
+		write_whole(f, NAME, work, len);
+		assert_read_fails(f, NAME, -EBADMSG);
+	}
+	/* a zero id inside a run of ids */
+	memcpy(work, buf, len);
+	memset(work + HEADER_SIZE + 8, 0, CHUNK_ID_SIZE);
+	fix_checksum(work, len);
+	write_whole(f, NAME, work, len);
+	assert_read_fails(f, NAME, -EBADMSG);
+	/* bytes after the last run */
+	memcpy(work, buf, len - TRAILER_SIZE);
+	memset(work + len - TRAILER_SIZE, 0, 8);
+	fix_checksum(work, len + 8);
+	write_whole(f, NAME, work, len + 8);
+	assert_read_fails(f, NAME, -EBADMSG);
+	/* control: the file as written reads back */
+	write_whole(f, NAME, buf, len);
+	assert_rc(manifest_read(f->dirfd, NAME, &got), 0);
+	assert_same_manifest(m, got);
+	manifest_free(got);
+	free(work);
+	free(buf);
+	manifest_free(m);
+}
+
+/* A sparse volume's manifest holds its data ids and little else: 64 GiB
+ * with three data chunks, where version 1 took 16 MiB. */
+static void test_sparse_is_small(void **state)
+{
+	struct fixture *f = *state;
+	struct manifest *m = manifest_new((uint64_t)64 << 30, KILN_DEFAULT_CHUNK_SIZE), *got = NULL;
+	char path[256];
+
+	assert_non_null(m);
+	unit_fill_random(m->ids[0], CHUNK_ID_SIZE, 1);
+	unit_fill_random(m->ids[500000], CHUNK_ID_SIZE, 2);
+	unit_fill_random(m->ids[m->nchunks - 1], CHUNK_ID_SIZE, 3);
+	assert_rc(manifest_write(f->dirfd, NAME, m), 0);
+	snprintf(path, sizeof path, "%s/%s", f->dir, NAME);
+	assert_int_equal(unit_file_size(path), HEADER_SIZE + 3 * 8 + 3 * CHUNK_ID_SIZE + TRAILER_SIZE);
+	assert_rc(manifest_read(f->dirfd, NAME, &got), 0);
+	assert_same_manifest(m, got);
+	manifest_free(got);
+	manifest_free(m);
+}
+
 static void assert_dir_holds_only(const struct fixture *f, const char *name)
 {
 	DIR *d = opendir(f->dir);
@@ -446,6 +583,9 @@ int main(void)
 		UNIT_TEST(test_inconsistent_header),
 		UNIT_TEST(test_bug_huge_size_without_ids),
 		UNIT_TEST(test_write_is_atomic),
+		UNIT_TEST(test_reads_version_1),
+		UNIT_TEST(test_runs_are_checked),
+		UNIT_TEST(test_sparse_is_small),
 	};
 
 	unit_require_io_uring();
