@@ -643,26 +643,33 @@ static int plan_read(struct kiln_volume *v, struct io_plan *pl, void *buf, uint6
 	return 0;
 }
 
+/* Overlay writes run as pwrite() on the calling thread, not on the ring:
+ * ext4 cannot do a buffered write without blocking, so io_uring hands
+ * each one to a kernel worker, and the worker runs the writes to one
+ * file one at a time anyway. Its wakeups cost kiln-nbd a quarter of its
+ * random 4 KiB write rate (60k against 80k IOPS on the bench machine).
+ * Reads stay on the ring, where page cache hits complete inline. */
+static int write_now(struct io_req *q)
+{
+	int r = pwrite_all(q->fd, q->buf, q->len, q->off);
+
+	q->res = r < 0 ? r : (int)q->len;
+	return r;
+}
+
 /* Write len bytes at off into the overlay now, in OVERLAY_PIECE pieces. */
 static int write_pieces(struct kiln_volume *v, const uint8_t *buf, uint32_t len, uint64_t off)
 {
-	struct io_req q[KILN_MAX_CHUNK_SIZE / OVERLAY_PIECE + 1];
-	size_t n = 0;
-	int r;
-
-	for (uint32_t done = 0; done < len; n++) {
+	for (uint32_t done = 0; done < len;) {
 		uint64_t pos = off + done;
 		uint32_t piece = (uint32_t)MIN((uint64_t)len - done, OVERLAY_PIECE - pos % OVERLAY_PIECE);
+		int r = pwrite_all(v->overlay_fd, buf + done, piece, pos);
 
-		q[n] = (struct io_req){ .fd = v->overlay_fd, .op = IO_WRITE,
-					.buf = (uint8_t *)buf + done, .len = piece, .off = pos };
+		if (r < 0)
+			return r;
 		done += piece;
 	}
-	r = io_run(q, n);
-	for (size_t k = 0; k < n && r == 0; k++)
-		if ((uint32_t)q[k].res != q[k].len)
-			r = -EIO;
-	return r;
+	return 0;
 }
 
 /* First write to a BASE chunk: read it whole, lay the new bytes over it
@@ -786,9 +793,42 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 }
 
 /* Run the plan; results[owner] gets the first error of its requests. */
+static void plan_swap(struct io_plan *pl, size_t a, size_t b)
+{
+	struct io_req q = pl->reqs[a];
+	size_t o = pl->owner[a];
+	uint64_t c = pl->chunk[a];
+
+	pl->reqs[a] = pl->reqs[b];
+	pl->owner[a] = pl->owner[b];
+	pl->chunk[a] = pl->chunk[b];
+	pl->reqs[b] = q;
+	pl->owner[b] = o;
+	pl->chunk[b] = c;
+}
+
+/* Do the plan's writes now and its reads as one batch on the ring (the
+ * reads first in the plan, to make them one array). */
+static int plan_io(struct io_plan *pl)
+{
+	size_t nreads = 0;
+	int r = 0, r2;
+
+	for (size_t k = 0; k < pl->n; k++)
+		if (pl->reqs[k].op == IO_READ)
+			plan_swap(pl, nreads++, k);
+	for (size_t k = nreads; k < pl->n; k++) {
+		r2 = write_now(&pl->reqs[k]);
+		if (r == 0)
+			r = r2;
+	}
+	r2 = io_run(pl->reqs, nreads);
+	return r ? r : r2;
+}
+
 static int plan_run(struct kiln_volume *v, struct io_plan *pl, int *results)
 {
-	int r = io_run(pl->reqs, pl->n);
+	int r = plan_io(pl);
 
 	for (size_t k = 0; k < pl->n; k++) {
 		struct io_req *q = &pl->reqs[k];
