@@ -10,16 +10,22 @@
  * their replies leave in one writev before the loop reads again; page
  * cache reads complete inline, so the thread rarely waits.
  *
- * Writes do not complete inline: ext4 hands buffered writes from io_uring
- * to the kernel's workers, one at a time per file. So writes go to a
- * second thread per connection, the writer, which runs them as a batch
- * and sends their replies, while this thread goes on receiving and
- * parsing: the next batch gathers while the last one is in the kernel.
- * A write's payload stays in the input buffer it arrived in until the
- * writer is done with it; there are two input buffers, and the loop
- * moves to the other one rather than overwrite payloads still in use.
+ * Small writes join that batch too: the engine writes them one after
+ * another, the client's next requests gather in the socket meanwhile, and
+ * the next read takes them in as a batch as large as its queue depth.
+ * Large writes are mostly copying: the payload from the socket, then into
+ * the page cache. They go to a second thread per connection, the writer,
+ * which runs them as a batch and sends their replies while this thread
+ * receives the next payloads, so the two copies overlap. (For 4 KiB
+ * writes that thread's wakeups cost more than the overlap wins: 90k
+ * against 150k IOPS.) A write's payload stays in the input buffer it
+ * arrived in until the writer is done with it; there are two input
+ * buffers, and the loop moves to the other one rather than overwrite
+ * payloads still in use.
+ *
  * Anything that is not a read or a write (FLUSH above all, which must
- * cover every write answered before it) waits until the writer is idle.
+ * cover every write answered before it) waits until the batch is done
+ * and the writer is idle.
  * Replies may go out of order, as the protocol allows; each leaves whole,
  * under the connection's send lock. Buffers are made once per connection,
  * so the steady state allocates nothing. A bad request gets its error and
@@ -42,6 +48,9 @@
  * one), so a connection touches little more memory than its requests. */
 #define IBUF_SOFT (2u * 1024 * 1024)
 #define READ_MIN (256u * 1024)
+/* Writes this large go to the writer thread; smaller ones join the batch
+ * of the receiving thread. */
+#define WRITER_MIN (64u * 1024)
 #define OBUF_SIZE (MAX_REQUEST_SIZE + 256 * 1024)
 #define MAX_IOV 512
 #define MAX_EXTENTS 1024
@@ -466,22 +475,36 @@ static int do_block_status(struct tx *t, const struct nbd_request *req)
 	return 0;
 }
 
-/* ---- the batch of reads ----------------------------------------------- */
+/* ---- the batch of reads and writes ----------------------------------- */
 
 /* Run the batch: one kiln_volume_submit(), then finish every reply. */
 static int run_batch(struct tx *t)
 {
+	struct kiln_volume *v;
+	bool fua = false, fua_failed = false;
 	int r;
 
 	if (t->npend == 0)
 		return 0;
-	r = kiln_volume_submit(t->c->exp->vol, t->ios, t->nios);
+	v = t->c->exp->vol;
+	r = kiln_volume_submit(v, t->ios, t->nios);
+	for (size_t k = 0; k < t->npend; k++)
+		if (t->pend[k].req.type == NBD_CMD_WRITE && (t->pend[k].req.flags & NBD_CMD_FLAG_FUA))
+			fua = true;
+	if (fua && r == 0)
+		fua_failed = kiln_volume_flush(v) < 0;
 	for (size_t k = 0; k < t->npend && r == 0; k++) {
 		struct pending *p = &t->pend[k];
 		int err = 0;
 
 		for (size_t i = p->io_start; i < p->io_end && !err; i++)
 			err = t->ios[i].result;
+		if (p->req.type == NBD_CMD_WRITE) {
+			if (!err && fua_failed && (p->req.flags & NBD_CMD_FLAG_FUA))
+				err = -EIO;
+			r = simple_reply(t, &p->req, err ? nbd_errno(-err) : 0);
+			continue;
+		}
 		if (!err) {
 			if (p->simple)
 				p->simple->error = 0;
@@ -504,9 +527,9 @@ static int run_batch(struct tx *t)
 	return r < 0 ? r : 0;
 }
 
-/* Can this valid READ join the batch? It lays its reply out now, with
- * the data buffers pointing into it. Returns 1 if it joined. */
-static int add_to_batch(struct tx *t, const struct nbd_request *req)
+/* Can this valid READ or WRITE join the batch? Reads lay their reply out
+ * now, with the data buffers pointing into it. Returns 1 if it joined. */
+static int add_to_batch(struct tx *t, const struct nbd_request *req, uint8_t *data)
 {
 	struct kiln_volume *v = t->c->exp->vol;
 	struct pending *p;
@@ -528,15 +551,17 @@ static int add_to_batch(struct tx *t, const struct nbd_request *req)
 		return 0;
 	/* Room now for its reply, and for every reply of the batch to turn
 	 * into an error chunk later, so run_batch() never has to flush. */
-	if (t->olen + req->count + 32 * t->next + 64 + 32 * (t->npend + 1) > OBUF_SIZE ||
-	    t->niov + 2 * (int)(t->npend + 1) + 1 > MAX_IOV)
+	if (t->olen + (req->type == NBD_CMD_READ ? req->count + 32 * t->next + 64 : 0) +
+	    32 * (t->npend + 1) > OBUF_SIZE || t->niov + 2 * (int)(t->npend + 1) + 1 > MAX_IOV)
 		return 0;
 
 	p = &t->pend[t->npend++];
 	*p = (struct pending){ .req = *req, .io_start = t->nios, .simple = NULL };
 	t->iov_floor = t->niov;
 	p->iov_start = t->niov;
-	if (!t->c->structured) {
+	if (req->type == NBD_CMD_WRITE) {
+		t->ios[t->nios++] = (struct kiln_io){ KILN_IO_WRITE, data, req->count, req->offset, 0 };
+	} else if (!t->c->structured) {
 		p->simple = out_put(t, sizeof *p->simple);
 		p->simple->magic = htobe32(NBD_SIMPLE_REPLY_MAGIC);
 		p->simple->cookie = htobe64(req->cookie);
@@ -898,7 +923,8 @@ void transmit(struct conn *c)
 		struct nbd_request req;
 		int err;
 
-		/* Reads join the batch only while wholly in the buffer. */
+		/* Only what is wholly in the buffer joins the batch: reading
+		 * more may move the buffer under the batch's write payloads. */
 		if (t.ilen - t.ipos < sizeof req) {
 			if (run_batch(&t) < 0 || need(&t, sizeof req) < 0)
 				break;
@@ -940,12 +966,17 @@ void transmit(struct conn *c)
 				break;
 			continue;
 		}
-		if (req.type == NBD_CMD_WRITE && queue_write(&t, &req, t.ibuf + t.ipos) == 0) {
+		if (req.type == NBD_CMD_WRITE && req.count >= WRITER_MIN &&
+		    queue_write(&t, &req, t.ibuf + t.ipos) == 0) {
 			t.ipos += req.count;
 			continue;
 		}
-		if (req.type == NBD_CMD_READ && add_to_batch(&t, &req))
+		if ((req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE) &&
+		    add_to_batch(&t, &req, t.ibuf + t.ipos)) {
+			if (req.type == NBD_CMD_WRITE)
+				t.ipos += req.count;
 			continue;
+		}
 		/* Anything else waits for the reads and writes before it (a
 		 * FLUSH must see the writes before it done). */
 		if (run_batch(&t) < 0 || !writer_drain(&t.w))
