@@ -76,6 +76,9 @@ uri_qemu="nbd+unix:///?socket=$work/qemu.sock"
 run_fio() {
 	local rw=$1 bs=$2 qd=$3 uri=$4 extra=""
 	case $rw in rand*) extra="--norandommap --randrepeat=0" ;; esac
+	# Each job starts with no dirty pages, so the writeback of what the
+	# job before it wrote (often a peer's) does not run on its time.
+	sync
 	fio --name=j --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
 		--size="$size" --time_based --runtime="$seconds" --ramp_time=1 $extra \
 		--output-format=json 2>/dev/null |

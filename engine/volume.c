@@ -34,6 +34,15 @@
 
 #define CHUNK_LOCKS 64
 
+/* The overlay is written in pieces of at most this many bytes, each
+ * aligned to its size. The page cache makes a folio as large as the write
+ * that creates it, and ext4 walks every block of a folio on each later
+ * write into it, so a 4 KiB write costs in proportion to the folio: on
+ * the bench machine 4.9 us into a 64 KiB folio, 21 us into a 1 MiB one.
+ * Small random writes are what an overlay takes most; sequential I/O
+ * through 64 KiB folios still runs at several GB/s. */
+#define OVERLAY_PIECE (64u * 1024)
+
 char *volume_file(const char *volume_id, const char *suffix)
 {
 	char *s;
@@ -638,6 +647,35 @@ static int plan_read(struct kiln_volume *v, struct io_plan *pl, void *buf, uint6
 	return 0;
 }
 
+/* Overlay writes run as pwrite() on the calling thread, not on the ring:
+ * ext4 cannot do a buffered write without blocking, so io_uring hands
+ * each one to a kernel worker, and the worker runs the writes to one
+ * file one at a time anyway. Its wakeups cost kiln-nbd a quarter of its
+ * random 4 KiB write rate (60k against 80k IOPS on the bench machine).
+ * Reads stay on the ring, where page cache hits complete inline. */
+static int write_now(struct io_req *q)
+{
+	int r = pwrite_all(q->fd, q->buf, q->len, q->off);
+
+	q->res = r < 0 ? r : (int)q->len;
+	return r;
+}
+
+/* Write len bytes at off into the overlay now, in OVERLAY_PIECE pieces. */
+static int write_pieces(struct kiln_volume *v, const uint8_t *buf, uint32_t len, uint64_t off)
+{
+	for (uint32_t done = 0; done < len;) {
+		uint64_t pos = off + done;
+		uint32_t piece = (uint32_t)MIN((uint64_t)len - done, OVERLAY_PIECE - pos % OVERLAY_PIECE);
+		int r = pwrite_all(v->overlay_fd, buf + done, piece, pos);
+
+		if (r < 0)
+			return r;
+		done += piece;
+	}
+	return 0;
+}
+
 /* First write to a BASE chunk: read it whole, lay the new bytes over it
  * and write it whole into the overlay. Called with the chunk's lock. */
 static int copy_up(struct kiln_volume *v, struct io_plan *pl, uint64_t i, const uint8_t *src,
@@ -658,14 +696,7 @@ static int copy_up(struct kiln_volume *v, struct io_plan *pl, uint64_t i, const 
 		memcpy(tmp + (s - cstart), src, e - s);
 	else
 		memset(tmp + (s - cstart), 0, e - s);
-	{
-		struct io_req q = { .fd = v->overlay_fd, .op = IO_WRITE, .buf = tmp, .len = len,
-				    .off = cstart };
-
-		r = io_run(&q, 1);
-		if (r == 0 && (uint32_t)q.res != len)
-			r = -EIO;
-	}
+	r = write_pieces(v, tmp, len, cstart);
 	if (r < 0)
 		return r;
 	set_state(v, i, CHUNK_LOCAL, true);
@@ -687,6 +718,36 @@ static int punch(struct kiln_volume *v, uint64_t off, uint64_t len)
 			return r;
 		off += n;
 		len -= n;
+	}
+	return 0;
+}
+
+/* Add a write of [off, off + len) in chunk i to the plan, in
+ * OVERLAY_PIECE pieces; a piece that continues the last request of the
+ * same volume request, within one piece's span, extends it. */
+static int plan_overlay_write(struct kiln_volume *v, struct io_plan *pl, const uint8_t *src,
+			      uint64_t len, uint64_t off, size_t owner, uint64_t i)
+{
+	while (len > 0) {
+		uint32_t piece = (uint32_t)MIN(len, OVERLAY_PIECE - off % OVERLAY_PIECE);
+		struct io_req *last = pl->n ? &pl->reqs[pl->n - 1] : NULL;
+		int r;
+
+		if (src != v->zero_chunk && last && last->op == IO_WRITE &&
+		    pl->owner[pl->n - 1] == owner && last->off + last->len == off &&
+		    (const uint8_t *)last->buf + last->len == src && off % OVERLAY_PIECE != 0) {
+			last->len += piece;
+		} else {
+			struct io_req q = { .fd = v->overlay_fd, .op = IO_WRITE, .buf = (void *)src,
+					    .len = piece, .off = off };
+
+			r = plan_add(pl, &q, owner, i);
+			if (r < 0)
+				return r;
+		}
+		src += piece;
+		off += piece;
+		len -= piece;
 	}
 	return 0;
 }
@@ -725,19 +786,7 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 		} else {
 			/* Data into a LOCAL or ZERO chunk, or over all of a BASE
 			 * one (no copy-up: every old byte is replaced). */
-			struct io_req q = { .fd = v->overlay_fd, .op = IO_WRITE,
-					    .buf = p ? (void *)p : v->zero_chunk,
-					    .len = (uint32_t)(e - pos), .off = pos };
-			struct io_req *last = pl->n ? &pl->reqs[pl->n - 1] : NULL;
-
-			/* A write across whole chunks is one request: one trip
-			 * to the kernel's workers, not one per chunk. */
-			if (p && last && last->op == IO_WRITE && pl->owner[pl->n - 1] == owner &&
-			    last->off + last->len == pos && (const uint8_t *)last->buf + last->len == p &&
-			    last->len + q.len <= (1u << 30))
-				last->len += q.len;
-			else
-				r = plan_add(pl, &q, owner, i);
+			r = plan_overlay_write(v, pl, p ? p : v->zero_chunk, e - pos, pos, owner, i);
 		}
 		pthread_mutex_unlock(lock);
 		if (r < 0)
@@ -748,9 +797,42 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 }
 
 /* Run the plan; results[owner] gets the first error of its requests. */
+static void plan_swap(struct io_plan *pl, size_t a, size_t b)
+{
+	struct io_req q = pl->reqs[a];
+	size_t o = pl->owner[a];
+	uint64_t c = pl->chunk[a];
+
+	pl->reqs[a] = pl->reqs[b];
+	pl->owner[a] = pl->owner[b];
+	pl->chunk[a] = pl->chunk[b];
+	pl->reqs[b] = q;
+	pl->owner[b] = o;
+	pl->chunk[b] = c;
+}
+
+/* Do the plan's writes now and its reads as one batch on the ring (the
+ * reads first in the plan, to make them one array). */
+static int plan_io(struct io_plan *pl)
+{
+	size_t nreads = 0;
+	int r = 0, r2;
+
+	for (size_t k = 0; k < pl->n; k++)
+		if (pl->reqs[k].op == IO_READ)
+			plan_swap(pl, nreads++, k);
+	for (size_t k = nreads; k < pl->n; k++) {
+		r2 = write_now(&pl->reqs[k]);
+		if (r == 0)
+			r = r2;
+	}
+	r2 = io_run(pl->reqs, nreads);
+	return r ? r : r2;
+}
+
 static int plan_run(struct kiln_volume *v, struct io_plan *pl, int *results)
 {
-	int r = io_run(pl->reqs, pl->n);
+	int r = plan_io(pl);
 
 	for (size_t k = 0; k < pl->n; k++) {
 		struct io_req *q = &pl->reqs[k];

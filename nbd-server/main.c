@@ -99,13 +99,17 @@ static void reap(bool all)
 static void start_connection(int fd)
 {
 	struct conn_entry *ce = calloc(1, sizeof *ce);
-	int one = 1;
+	int one = 1, sndbuf = 4 << 20;
 
 	if (!ce) {
 		close(fd);
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);   /* harmless on Unix sockets */
+	/* Room for a batch of read replies in the socket, so the thread can
+	 * go on to the next batch while the client takes them in (the
+	 * kernel caps it at net.core.wmem_max). */
+	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
 	ce->c.rfd = ce->c.wfd = fd;
 	pthread_mutex_lock(&conns_lock);
 	if (stopping || pthread_create(&ce->thread, NULL, conn_thread, ce) != 0) {

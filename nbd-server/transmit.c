@@ -4,18 +4,36 @@
  * Notes on the design: the connection's thread runs a loop on its own
  * io_uring. One read takes in as many requests as the client has sent
  * (clients pipeline: fio at queue depth 32 sends 32 at once); each is
- * checked by one validate step, served through the engine (whose file
- * I/O is io_uring too), and its reply is appended to a batch; the batch
- * leaves in one writev before the loop reads again. Reads and writes that
- * arrived together go to the engine together (kiln_volume_submit), so
- * their file I/O is one submission, and their replies may go out of
- * order, as the protocol allows. Buffers are made
- * once per connection, so the steady state allocates nothing. A bad
- * request gets its error and the connection goes on; only a broken frame
- * (bad magic) ends it. */
+ * checked by one validate step and served through the engine (whose file
+ * I/O is io_uring too). Reads that arrived together go to the engine
+ * together (kiln_volume_submit), so their file I/O is one submission, and
+ * their replies leave in one writev before the loop reads again; page
+ * cache reads complete inline, so the thread rarely waits.
+ *
+ * Small writes join that batch too: the engine writes them one after
+ * another, the client's next requests gather in the socket meanwhile, and
+ * the next read takes them in as a batch as large as its queue depth.
+ * Large writes are mostly copying: the payload from the socket, then into
+ * the page cache. They go to a second thread per connection, the writer,
+ * which runs them as a batch and sends their replies while this thread
+ * receives the next payloads, so the two copies overlap. (For 4 KiB
+ * writes that thread's wakeups cost more than the overlap wins: 90k
+ * against 150k IOPS.) A write's payload stays in the input buffer it
+ * arrived in until the writer is done with it; there are two input
+ * buffers, and the loop moves to the other one rather than overwrite
+ * payloads still in use.
+ *
+ * Anything that is not a read or a write (FLUSH above all, which must
+ * cover every write answered before it) waits until the batch is done
+ * and the writer is idle.
+ * Replies may go out of order, as the protocol allows; each leaves whole,
+ * under the connection's send lock. Buffers are made once per connection,
+ * so the steady state allocates nothing. A bad request gets its error and
+ * the connection goes on; only a broken frame (bad magic) ends it. */
 #include <endian.h>
 #include <errno.h>
 #include <liburing.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +44,13 @@
 #include "server.h"
 
 #define IBUF_SIZE (MAX_REQUEST_SIZE + 256 * 1024)
+/* Input past this point moves to the start of a buffer (or to the other
+ * one), so a connection touches little more memory than its requests. */
+#define IBUF_SOFT (2u * 1024 * 1024)
+#define READ_MIN (256u * 1024)
+/* Writes this large go to the writer thread; smaller ones join the batch
+ * of the receiving thread. */
+#define WRITER_MIN (64u * 1024)
 #define OBUF_SIZE (MAX_REQUEST_SIZE + 256 * 1024)
 #define MAX_IOV 512
 #define MAX_EXTENTS 1024
@@ -45,8 +70,35 @@ struct pending {
 	struct nbd_simple_reply *simple;    /* simple read reply header to finish */
 };
 
+/* A batch of writes for the writer thread; payloads point into ibuf. */
+struct wbatch {
+	struct kiln_io ios[KILN_IO_BATCH_MAX];
+	struct nbd_request req[KILN_IO_BATCH_MAX];
+	uint8_t buf[KILN_IO_BATCH_MAX];         /* which input buffer holds the payload */
+	size_t n;
+};
+
+/* The writer: its own thread, fed batches by the receiving loop. All
+ * fields below lock are guarded by it. */
+struct writer {
+	pthread_t thread;
+	bool initialized, started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;            /* work for the writer, or stop */
+	pthread_cond_t progress;        /* a batch finished */
+	struct wbatch *queued;          /* gathering; taken whole by the writer */
+	struct wbatch *running;
+	bool busy, stop;
+	size_t in_buf[2];               /* writes queued or running per input buffer */
+	bool broken;                    /* a reply could not be sent */
+	struct nbd_simple_reply replies[KILN_IO_BATCH_MAX];
+	struct iovec iov[KILN_IO_BATCH_MAX];
+};
+
 struct tx {
 	struct conn *c;
+	pthread_mutex_t send_lock;      /* one reply at a time on the socket */
+	struct writer w;
 	struct kiln_io ios[KILN_IO_BATCH_MAX];
 	size_t nios;
 	struct pending pend[KILN_IO_BATCH_MAX];
@@ -54,7 +106,9 @@ struct tx {
 	int iov_floor;          /* iovecs below this belong to earlier replies */
 	struct io_uring ring;
 	bool have_ring;
-	uint8_t *ibuf;
+	uint8_t *ibufs[2];
+	int cur;                /* the input buffer in use */
+	uint8_t *ibuf;          /* ibufs[cur] */
 	size_t ilen, ipos;
 	uint8_t *obuf;
 	size_t olen;
@@ -140,8 +194,11 @@ static int flush_replies(struct tx *t)
 {
 	int r = 0;
 
-	if (t->niov > 0)
+	if (t->niov > 0) {
+		pthread_mutex_lock(&t->send_lock);
 		r = ring_writev(t, t->iov, t->niov);
+		pthread_mutex_unlock(&t->send_lock);
+	}
 	t->niov = 0;
 	t->iov_floor = 0;
 	t->olen = 0;
@@ -540,6 +597,205 @@ static int add_to_batch(struct tx *t, const struct nbd_request *req, uint8_t *da
 	return 1;
 }
 
+/* ---- the writer ------------------------------------------------------ */
+
+static int send_all(int fd, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		ssize_t done = writev(fd, iov, n);
+
+		if (done < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (done <= 0)
+			return done < 0 ? -errno : -EPIPE;
+		while (n > 0 && (size_t)done >= iov->iov_len) {
+			done -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + done;
+			iov->iov_len -= (size_t)done;
+		}
+	}
+	return 0;
+}
+
+/* Run one batch of writes and send its replies. A FUA write is answered
+ * after a flush that covers its batch. */
+static int write_batch(struct tx *t, struct wbatch *b)
+{
+	struct writer *w = &t->w;
+	struct kiln_volume *v = t->c->exp->vol;
+	bool fua = false;
+	int fua_err = 0, r;
+
+	r = kiln_volume_submit(v, b->ios, b->n);
+	for (size_t k = 0; k < b->n; k++)
+		fua |= b->req[k].flags & NBD_CMD_FLAG_FUA;
+	if (fua)
+		fua_err = kiln_volume_flush(v);
+	for (size_t k = 0; k < b->n; k++) {
+		int err = r < 0 ? r : b->ios[k].result;
+
+		if (!err && (b->req[k].flags & NBD_CMD_FLAG_FUA))
+			err = fua_err;
+		if (err)
+			debug("write offset %llu count %u: %s", (unsigned long long)b->req[k].offset,
+			      b->req[k].count, strerror(-err));
+		w->replies[k] = (struct nbd_simple_reply){
+			.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
+			.error = htobe32(err ? nbd_errno(-err) : 0),
+			.cookie = htobe64(b->req[k].cookie),
+		};
+		w->iov[k] = (struct iovec){ &w->replies[k], sizeof w->replies[k] };
+	}
+	pthread_mutex_lock(&t->send_lock);
+	r = send_all(t->c->wfd, w->iov, (int)b->n);
+	pthread_mutex_unlock(&t->send_lock);
+	return r;
+}
+
+static void *writer_main(void *arg)
+{
+	struct tx *t = arg;
+	struct writer *w = &t->w;
+
+	pthread_mutex_lock(&w->lock);
+	for (;;) {
+		struct wbatch *b;
+		int r;
+
+		while (w->queued->n == 0 && !w->stop)
+			pthread_cond_wait(&w->wake, &w->lock);
+		if (w->queued->n == 0)
+			break;
+		b = w->queued;
+		w->queued = w->running;
+		w->running = b;
+		w->busy = true;
+		pthread_mutex_unlock(&w->lock);
+
+		r = write_batch(t, b);
+
+		pthread_mutex_lock(&w->lock);
+		if (r < 0)
+			w->broken = true;
+		for (size_t k = 0; k < b->n; k++)
+			w->in_buf[b->buf[k]]--;
+		b->n = 0;
+		w->busy = false;
+		pthread_cond_broadcast(&w->progress);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return NULL;
+}
+
+static int writer_init(struct writer *w)
+{
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->wake, NULL);
+	pthread_cond_init(&w->progress, NULL);
+	w->initialized = true;
+	w->queued = calloc(1, sizeof *w->queued);
+	w->running = calloc(1, sizeof *w->running);
+	return w->queued && w->running ? 0 : -ENOMEM;
+}
+
+/* Let the writer start on what is queued (if it is idle, it starts now). */
+static void writer_kick(struct writer *w)
+{
+	pthread_mutex_lock(&w->lock);
+	if (w->queued->n > 0 && !w->busy)
+		pthread_cond_signal(&w->wake);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Queue a valid WRITE whose payload is at data (in the current input
+ * buffer). The writer thread starts on the first one. */
+static int queue_write(struct tx *t, const struct nbd_request *req, uint8_t *data)
+{
+	struct writer *w = &t->w;
+	struct wbatch *b;
+
+	if (!w->started) {
+		if (pthread_create(&w->thread, NULL, writer_main, t) != 0)
+			return -EAGAIN;
+		w->started = true;
+	}
+	pthread_mutex_lock(&w->lock);
+	while (w->queued->n == KILN_IO_BATCH_MAX) {
+		if (!w->busy)
+			pthread_cond_signal(&w->wake);
+		pthread_cond_wait(&w->progress, &w->lock);
+	}
+	b = w->queued;
+	b->ios[b->n] = (struct kiln_io){ KILN_IO_WRITE, data, req->count, req->offset, 0 };
+	b->req[b->n] = *req;
+	b->buf[b->n] = (uint8_t)t->cur;
+	b->n++;
+	w->in_buf[t->cur]++;
+	pthread_mutex_unlock(&w->lock);
+	return 0;
+}
+
+/* Wait until every write received so far has been answered. true if
+ * the writer's replies still reach the client. */
+static bool writer_drain(struct writer *w)
+{
+	bool ok;
+
+	if (!w->started)
+		return true;
+	pthread_mutex_lock(&w->lock);
+	while (w->queued->n > 0 || w->busy) {
+		if (!w->busy)
+			pthread_cond_signal(&w->wake);
+		pthread_cond_wait(&w->progress, &w->lock);
+	}
+	ok = !w->broken;
+	pthread_mutex_unlock(&w->lock);
+	return ok;
+}
+
+static void writer_stop(struct writer *w)
+{
+	if (w->started) {
+		writer_drain(w);
+		pthread_mutex_lock(&w->lock);
+		w->stop = true;
+		pthread_cond_signal(&w->wake);
+		pthread_mutex_unlock(&w->lock);
+		pthread_join(w->thread, NULL);
+		w->started = false;
+	}
+	if (w->initialized) {
+		pthread_mutex_destroy(&w->lock);
+		pthread_cond_destroy(&w->wake);
+		pthread_cond_destroy(&w->progress);
+	}
+	free(w->queued);
+	free(w->running);
+}
+
+/* Writes queued or running whose payloads are in input buffer i. */
+static size_t writes_in(struct writer *w, int i)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->lock);
+	return w->in_buf[i];
+}
+
+static void wait_buffer_free(struct writer *w, int i)
+{
+	pthread_mutex_lock(&w->lock);
+	while (w->in_buf[i] > 0) {
+		if (!w->busy)
+			pthread_cond_signal(&w->wake);
+		pthread_cond_wait(&w->progress, &w->lock);
+	}
+	pthread_mutex_unlock(&w->lock);
+}
+
 static int do_zeroes(struct kiln_volume *v, const struct nbd_request *req)
 {
 	if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
@@ -592,21 +848,51 @@ static int serve(struct tx *t, const struct nbd_request *req, const uint8_t *dat
 	return simple_reply(t, req, r < 0 ? nbd_errno(-r) : 0);
 }
 
+/* Move the unread input [ipos, ilen) to the start of a buffer, when it
+ * must (n bytes from ipos would not fit) or should (the buffer is getting
+ * long, or too full for a good read). Payloads of queued writes stay put:
+ * the input goes to the other buffer instead, waiting for it only when
+ * it must. */
+static void make_room(struct tx *t, size_t n)
+{
+	size_t have = t->ilen - t->ipos;
+	bool must = IBUF_SIZE - t->ipos < n;
+	bool mine = writes_in(&t->w, t->cur) == 0;     /* no payload here is in use */
+	int other = !t->cur;
+
+	if (t->ipos == 0)
+		return;
+	if (!must && !(mine && have == 0) && t->ilen < IBUF_SOFT && IBUF_SIZE - t->ilen >= READ_MIN)
+		return;
+	if (mine) {
+		memmove(t->ibuf, t->ibuf + t->ipos, have);
+	} else {
+		if (writes_in(&t->w, other) > 0) {
+			if (!must)
+				return;         /* go on reading where we are */
+			wait_buffer_free(&t->w, other);
+		}
+		memcpy(t->ibufs[other], t->ibuf + t->ipos, have);
+		t->cur = other;
+		t->ibuf = t->ibufs[other];
+	}
+	t->ilen = have;
+	t->ipos = 0;
+}
+
 /* Make sure ibuf holds n bytes from ipos; read more (after sending what
- * replies we have, so the client is never left waiting). 0, or -1 at end
- * of stream. */
+ * replies we have and handing queued writes to the writer, so the client
+ * is never left waiting). 0, or -1 at end of stream. */
 static int need(struct tx *t, size_t n)
 {
 	while (t->ilen - t->ipos < n) {
 		ssize_t got;
 
-		if (t->ipos > 0 && (t->ipos == t->ilen || IBUF_SIZE - t->ipos < n)) {
-			memmove(t->ibuf, t->ibuf + t->ipos, t->ilen - t->ipos);
-			t->ilen -= t->ipos;
-			t->ipos = 0;
-		}
+		make_room(t, n);
 		if (flush_replies(t) < 0)
 			return -1;
+		if (t->w.started)
+			writer_kick(&t->w);
 		got = ring_read(t, t->ibuf + t->ilen, IBUF_SIZE - t->ilen);
 		if (got <= 0)
 			return -1;
@@ -620,11 +906,14 @@ void transmit(struct conn *c)
 	struct tx t = { .c = c };
 	struct kiln_volume *v;
 
-	t.ibuf = malloc(IBUF_SIZE);
+	pthread_mutex_init(&t.send_lock, NULL);
+	t.ibufs[0] = malloc(IBUF_SIZE);
+	t.ibufs[1] = malloc(IBUF_SIZE);
+	t.ibuf = t.ibufs[0];
 	t.obuf = malloc(OBUF_SIZE);
 	t.ext_cap = MAX_EXTENTS;
 	t.ext = calloc(t.ext_cap, sizeof *t.ext);
-	if (!t.ibuf || !t.obuf || !t.ext)
+	if (!t.ibufs[0] || !t.ibufs[1] || !t.obuf || !t.ext || writer_init(&t.w) < 0)
 		goto out;
 	t.have_ring = io_uring_queue_init(8, &t.ring, 0) == 0;
 	debug("transmission on %s: %s replies, %s", c->export_name,
@@ -660,7 +949,7 @@ void transmit(struct conn *c)
 					size_t n = (size_t)MIN(left, (uint64_t)(1 << 20));
 
 					if (need(&t, n) < 0)
-						goto out;
+						goto out_drain;
 					t.ipos += n;
 					left -= n;
 				}
@@ -677,15 +966,20 @@ void transmit(struct conn *c)
 				break;
 			continue;
 		}
+		if (req.type == NBD_CMD_WRITE && req.count >= WRITER_MIN &&
+		    queue_write(&t, &req, t.ibuf + t.ipos) == 0) {
+			t.ipos += req.count;
+			continue;
+		}
 		if ((req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE) &&
 		    add_to_batch(&t, &req, t.ibuf + t.ipos)) {
 			if (req.type == NBD_CMD_WRITE)
 				t.ipos += req.count;
 			continue;
 		}
-		/* Anything else waits for the batch before it (a FLUSH must
-		 * see the writes before it done). */
-		if (run_batch(&t) < 0)
+		/* Anything else waits for the reads and writes before it (a
+		 * FLUSH must see the writes before it done). */
+		if (run_batch(&t) < 0 || !writer_drain(&t.w))
 			break;
 		t.iov_floor = t.niov;
 		if (serve(&t, &req, t.ibuf + t.ipos) < 0)
@@ -694,15 +988,20 @@ void transmit(struct conn *c)
 			t.ipos += req.count;
 		t.iov_floor = t.niov;
 	}
+out_drain:
 	run_batch(&t);
+	writer_drain(&t.w);
 	flush_replies(&t);
 	v = c->exp->vol;
 	if (!c->exp->read_only)
 		kiln_volume_flush(v);
 out:
+	writer_stop(&t.w);
 	if (t.have_ring)
 		io_uring_queue_exit(&t.ring);
-	free(t.ibuf);
+	free(t.ibufs[0]);
+	free(t.ibufs[1]);
 	free(t.obuf);
 	free(t.ext);
+	pthread_mutex_destroy(&t.send_lock);
 }

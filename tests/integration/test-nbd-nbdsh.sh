@@ -333,6 +333,34 @@ for sr in (True, False):
     still_works(h, model, "a pipeline with errors", base, 8192)
 h.shutdown()
 
+print("--- large writes (the writer thread) in flight with small ones, reads and flushes")
+h = connect(VOL, strict=False)
+slot = 256 * 1024
+for rnd in range(3):
+    cookies, reads = [], []
+    for i in range(len(model) // slot):
+        big = os.urandom(128 * 1024 + 4096 * rnd)
+        small = os.urandom(4096)
+        o = i * slot
+        cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(big)), o,
+                                    flags=nbd.CMD_FLAG_FUA if i % 5 == rnd else 0))
+        cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(small)), o + slot - 4096))
+        model[o:o + len(big)] = big
+        model[o + slot - 4096:o + slot] = small
+        buf = nbd.Buffer(8192)
+        reads.append((h.aio_pread(buf, o + 192 * 1024), buf, o + 192 * 1024))
+        if i % 7 == 6:
+            cookies.append(h.aio_flush())
+    bad = h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(MIB)), len(model) - slot)
+    cookies.append(h.aio_flush())
+    drain(h)
+    check(all(completed(h, c) == 0 for c in cookies), "large and small writes with flushes, round %d" % rnd)
+    check(completed(h, bad) in (errno.ENOSPC, errno.EINVAL), "a large write past the end fails alone, round %d" % rnd)
+    check(all(completed(h, c) == 0 and bytes(b.to_bytearray()) == bytes(model[o:o + 8192])
+              for c, b, o in reads), "reads beside the large writes, round %d" % rnd)
+    check(bytes(h.pread(len(model), 0)) == model, "the large writes read back, round %d" % rnd)
+h.shutdown()
+
 print("--- holes: structured reads, DF, BLOCK_STATUS with and without REQ_ONE")
 bmodel = bytearray(4 * MIB)
 h = connect(BLANK)
