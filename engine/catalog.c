@@ -252,8 +252,10 @@ int catalog_open(int dirfd, const char *region, struct catalog **ret_cat)
 	snprintf(cat->region, sizeof cat->region, "%s", region);
 	/* SQLite wants a path: reach the region directory through its fd. */
 	snprintf(path, sizeof path, "/proc/self/fd/%d/" CATALOG_NAME, dirfd);
+	/* Serialized: kiln-nbd's connection threads look exports up while
+	 * its control thread snapshots, all on this one connection. */
 	rc = sqlite3_open_v2(path, &cat->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-			     SQLITE_OPEN_NOMUTEX, NULL);
+			     SQLITE_OPEN_FULLMUTEX, NULL);
 	if (rc != SQLITE_OK) {
 		r = sql_errno(cat->db, rc, "open");
 		goto out_close;
