@@ -205,6 +205,13 @@ one_run() {
 	echo "kiln: restore (snapshot export) of v2..."
 	timed kiln_restore "$KILN" snapshot export "$snap2" "$rw/kiln-out.raw"
 	check_restore "kiln snapshot export" "$rw/kiln-out.raw"
+	# The chunks compressed again at rest (zstd 9), as a store would be
+	# after `kiln store recompress`; then the restore from that.
+	echo "kiln: store recompress, and restore of v2 from it..."
+	timed kiln_recompress "$KILN" store recompress --region us-east-1 >/dev/null
+	repo[kiln_rc]=$(du -sb --exclude=volumes "$region" | cut -f1)
+	timed kiln_restore_rc "$KILN" snapshot export "$snap2" "$rw/kiln-out.raw"
+	check_restore "kiln snapshot export after store recompress" "$rw/kiln-out.raw"
 
 	# The change written through kiln-nbd onto a volume made from snapshot 1:
 	# "delta" writes only the 4 KiB blocks that differ (as the guest did);
@@ -381,6 +388,7 @@ table=$(
 	echo "| tool | full backup MB/s | incremental s | restore MB/s | repository MiB | CPU s full / incr / restore | peak RSS MiB |"
 	echo "| --- | --- | --- | --- | --- | --- | --- |"
 	echo "| kiln, import + snapshot | $(mbs kiln_full) | $(sec kiln_incr) | $(mbs kiln_restore) | $(mib "${repo[kiln]}") | $(cpus kiln) | $(kib_mib "$kiln_peak") |"
+	echo "| kiln, the same after \`kiln store recompress\` (zstd 9 at rest) | — | — | $(mbs kiln_restore_rc) | $(mib "${repo[kiln_rc]}") | — / — / ${cpu[kiln_restore_rc]} | — |"
 	echo "| kiln, snapshot after the changed blocks were written via kiln-nbd | — | $(sec kiln_nbd_delta) | — | — | — / ${cpu[kiln_nbd_delta]} / — | daemon $(kib_mib "$nbd_hwm") |"
 	echo "| kiln, the same with kiln-nbd --precapture-interval 0 (no capture ahead) | — | $(sec kiln_nbd_delta_off) | — | — | — / ${cpu[kiln_nbd_delta_off]} / — | daemon $(kib_mib "$nbd_hwm") |"
 	echo "| kiln, snapshot after nbdcopy of all of v2 via kiln-nbd | — | $(sec kiln_nbd_copy) | — | — | — / ${cpu[kiln_nbd_copy]} / — | daemon $(kib_mib "$nbd_hwm") |"
@@ -389,12 +397,12 @@ table=$(
 	done
 	if [ ${#tools[@]} -gt 0 ]; then
 		echo
-		echo "| kiln against | full MB/s kiln/peer | incremental: peer s / kiln s (import; nbd blocks; nbdcopy) | restore MB/s kiln/peer | repository kiln/peer | CPU s kiln/peer full / incr / restore | peak RSS kiln/peer |"
+		echo "| kiln against | full MB/s kiln/peer | incremental: peer s / kiln s (import; nbd blocks; nbdcopy) | restore MB/s kiln/peer | repository kiln/peer (as written; recompressed) | CPU s kiln/peer full / incr / restore | peak RSS kiln/peer |"
 		echo "| --- | --- | --- | --- | --- | --- | --- |"
 		for t in "${tools[@]}"; do
 			echo "| $(label "$t") | $(ratio "$(mbs kiln_full)" "$(mbs "${t}_full")") |" \
 				"$(ratio "${wall[${t}_incr]}" "${wall[kiln_incr]}"); $(ratio "${wall[${t}_incr]}" "${wall[kiln_nbd_delta]}"); $(ratio "${wall[${t}_incr]}" "${wall[kiln_nbd_copy]}") |" \
-				"$(ratio "$(mbs kiln_restore)" "$(mbs "${t}_restore")") | $(ratio "${repo[kiln]}" "${repo[$t]}") |" \
+				"$(ratio "$(mbs kiln_restore)" "$(mbs "${t}_restore")") | $(ratio "${repo[kiln]}" "${repo[$t]}"); $(ratio "${repo[kiln_rc]}" "${repo[$t]}") |" \
 				"$(ratio "${cpu[kiln_full]}" "${cpu[${t}_full]}") / $(ratio "${cpu[kiln_incr]}" "${cpu[${t}_incr]}") / $(ratio "${cpu[kiln_restore]}" "${cpu[${t}_restore]}") |" \
 				"$(ratio "$kiln_peak" "$(peak "$t")") |"
 		done
@@ -402,11 +410,15 @@ table=$(
 	echo
 	echo "Writes through kiln-nbd before those snapshots (not in the times): $(mib "${nbd_written[kiln_nbd_delta]}") MiB of changed blocks in ${nbd_write_s[kiln_nbd_delta]} s;" \
 		"nbdcopy of the whole image in ${nbd_write_s[kiln_nbd_copy]} s."
+	echo "kiln store recompress (zstd 9) after both snapshots: $(sec kiln_recompress) s, ${cpu[kiln_recompress]} CPU-s; repository $(mib "${repo[kiln]}") -> $(mib "${repo[kiln_rc]}") MiB."
+	if [ -n "${wall[restic_full]:-}" ]; then
+		echo "All of kiln's work to that repository (import + snapshot of v1 and v2, then recompress): $(awk -v a="${wall[kiln_full]}" -v b="${wall[kiln_incr]}" -v c="${wall[kiln_recompress]}" 'BEGIN { printf "%.2f", a + b + c }') s; restic's backups of v1 and v2: $(awk -v a="${wall[restic_full]}" -v b="${wall[restic_incr]}" 'BEGIN { printf "%.2f", a + b }') s."
+	fi
 	echo "kiln-nbd's CPU while the changed blocks were written: ${nbd_write_cpu[kiln_nbd_delta]} s capturing ahead," \
 		"${nbd_write_cpu[kiln_nbd_delta_off]} s with --precapture-interval 0 (the difference is the snapshot work done early)."
 	if [ "$runs" -gt 1 ]; then
 		echo "Medians of $runs runs; the seconds of each run:"
-		for t in kiln kiln_nbd_delta kiln_nbd_delta_off kiln_nbd_copy "${tools[@]}"; do
+		for t in kiln kiln_recompress kiln_restore_rc kiln_nbd_delta kiln_nbd_delta_off kiln_nbd_copy "${tools[@]}"; do
 			line=""
 			for k in "${t}_full" "${t}_incr" "${t}_restore" "$t"; do
 				if [ -n "${runs_wall[$k]:-}" ]; then line+="; $k ${runs_wall[$k]% }"; fi
@@ -444,7 +456,9 @@ if check_peer restic; then
 	x=$(ratio "$(mbs kiln_restore)" "$(mbs restic_restore)")
 	target "restore >= 3x restic" "$(verdict "$x" 3 '>=')" "$(mbs kiln_restore) / $(mbs restic_restore) MB/s = ${x}x"
 	x=$(ratio "${repo[kiln]}" "${repo[restic]}")
-	target "repository no larger than restic's" "$(verdict "$x" 1 '<=')" "$(mib "${repo[kiln]}") / $(mib "${repo[restic]}") MiB = ${x}"
+	y=$(ratio "${repo[kiln_rc]}" "${repo[restic]}")
+	target "repository no larger than restic's" "$(verdict "$x" 1 '<=') (as snapshots write it, zstd 1); $(verdict "$y" 1 '<=') (after kiln store recompress, zstd 9)" \
+		"$(mib "${repo[kiln]}") / $(mib "${repo[restic]}") MiB = ${x}; recompressed $(mib "${repo[kiln_rc]}") / $(mib "${repo[restic]}") MiB = ${y}"
 fi
 x=$(awk -v a="$kiln_peak" -v b="$nbd_hwm" 'BEGIN { print (a > b ? a : b) / 1024 }')
 target "kiln peak RSS <= 256 MiB" "$(verdict "$x" 256 '<=')" "CLI $(kib_mib "$kiln_peak") MiB, kiln-nbd daemon $(kib_mib "$nbd_hwm") MiB"
@@ -471,7 +485,7 @@ if $record; then
 		echo
 		echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME"); warm page cache; load average at the start $load."
 		echo "Images: $(stat_of description). v1 has $(stat_of v1_nonzero_pct)% non-zero 64 KiB chunks; v2 changes $(stat_of changed_blocks_pct)% of 4 KiB blocks, $(stat_of changed_chunks_pct)% of 64 KiB chunks."
-		echo "kiln $("$KILN" --version | cut -d' ' -f2): 64 KiB chunks, zstd 1 (store defaults). Full = \`volume import v1\` + \`snapshot create\`; incremental = \`volume import v2 --volume-id\` + \`snapshot create\`, or \`snapshot create\` alone after writes through kiln-nbd (daemon CPU included); restore = \`snapshot export\`. Repository = the region without volumes/."
+		echo "kiln $("$KILN" --version | cut -d' ' -f2): 64 KiB chunks, zstd 1 (store defaults). Full = \`volume import v1\` + \`snapshot create\`; recompressed = after \`kiln store recompress\` (zstd 9) of both snapshots; incremental = \`volume import v2 --volume-id\` + \`snapshot create\`, or \`snapshot create\` alone after writes through kiln-nbd (daemon CPU included); restore = \`snapshot export\`. Repository = the region without volumes/."
 		if [ "$runs" -gt 1 ]; then echo "Each figure is the median of $runs runs (peak RSS: the largest)."; fi
 		echo "Peers back up one path holding v1 then v2; borg and restic with their caches in a fresh directory; restores checked with cmp. MB/s are of the image size (10^6 bytes)."
 		echo

@@ -86,6 +86,8 @@ int capture_join(struct capture *c)
  * order of the volume's chunks, which keeps a volume's chunks together. */
 int capture_add(struct capture *c, int set, size_t n)
 {
+	int level = kiln_store_zstd_level(c->region->store);
+
 	for (size_t i = 0; i < n; i++) {
 		struct capture_slot *s = &c->slots[set][i];
 		bool added = false;
@@ -98,9 +100,10 @@ int capture_add(struct capture *c, int set, size_t n)
 			continue;
 		if (s->out_len > 0)
 			r = cs_add(c->region->cs, s->id, s->out, (uint32_t)s->out_len, c->chunk_size,
-				   CS_FLAG_ZSTD, &added);
+				   cs_flags_with_level(CS_FLAG_ZSTD, level), &added);
 		else
-			r = cs_add(c->region->cs, s->id, s->data, c->chunk_size, c->chunk_size, 0, &added);
+			r = cs_add(c->region->cs, s->id, s->data, c->chunk_size, c->chunk_size,
+				   cs_flags_with_level(0, level), &added);
 		if (r < 0)
 			return r;
 		if (added) {

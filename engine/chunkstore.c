@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1212,22 +1213,200 @@ void cs_abort(struct chunkstore *cs)
 	index_load_tail(cs, true);
 }
 
-/* ---- compaction (gc) ------------------------------------------------- */
+/* ---- compaction (gc, recompress) ------------------------------------ */
 
 struct pack_usage {
-	uint64_t live, dead;
+	uint64_t live, dead, weak;      /* weak: live, below the wanted level */
 	bool exists;
 };
 
-int cs_compact(struct chunkstore *cs,
+static bool is_weak(const struct chunk_loc *loc, int level)
+{
+	int had = cs_flags_level(loc->flags);
+
+	return level != 0 && (had == 0 || had < level);
+}
+
+/* Live records move in pack order, so a volume's chunks stay together. */
+static int by_place(const void *a, const void *b)
+{
+	const struct chunk_loc *x = &((const struct pending *)a)->loc;
+	const struct chunk_loc *y = &((const struct pending *)b)->loc;
+
+	if (x->pack != y->pack)
+		return x->pack < y->pack ? -1 : 1;
+	return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+#define MOVE_BATCH 64
+
+/* One record on its way to the new pack. */
+struct move {
+	struct pending *l;
+	uint8_t *rec;           /* header and payload as read */
+	uint8_t *raw;           /* the chunk, when it is compressed again */
+	uint8_t *out;           /* its new frame */
+	const uint8_t *payload; /* what the new record holds */
+	uint32_t stored_len;
+	uint16_t flags;
+	int error;
+};
+
+struct move_batch {
+	struct chunkstore *cs;
+	struct move m[MOVE_BATCH];
+	size_t cap;             /* of each out buffer */
+	int level;
+};
+
+/* On the pool: verify a weak record and compress it at the level; keep
+ * whichever payload is smaller. Others move as they are. */
+static void recompress_one(void *arg, size_t i)
+{
+	struct move_batch *b = arg;
+	struct move *m = &b->m[i];
+	const struct chunk_loc *loc = &m->l->loc;
+	const char *what = NULL;
+	ssize_t n;
+
+	m->payload = m->rec + RECORD_HEADER_SIZE;
+	m->stored_len = loc->stored_len;
+	m->flags = loc->flags;
+	m->error = 0;
+	if (!is_weak(loc, b->level))
+		return;
+	m->error = record_decode(b->cs->region->store, m->rec, m->l->id, loc, m->raw, &what);
+	if (m->error < 0) {
+		debug("recompress: the chunk in pack %u at offset %" PRIu64 ": %s",
+		      loc->pack, loc->offset, what);
+		return;
+	}
+	n = compress_chunk(m->raw, loc->raw_len, m->out, b->cap, b->level);
+	if (n < 0) {
+		m->error = (int)n;
+		return;
+	}
+	if (n > 0 && (uint32_t)n < m->stored_len) {
+		m->payload = m->out;
+		m->stored_len = (uint32_t)n;
+		m->flags = CS_FLAG_ZSTD;
+	}
+	m->flags = cs_flags_with_level(m->flags, b->level);
+}
+
+static void move_batch_free(struct move_batch *b)
+{
+	if (!b)
+		return;
+	for (size_t i = 0; i < MOVE_BATCH; i++) {
+		free(b->m[i].rec);
+		free(b->m[i].raw);
+		free(b->m[i].out);
+	}
+	free(b);
+}
+
+static struct move_batch *move_batch_new(struct chunkstore *cs, int level)
+{
+	uint32_t chunk = cs->region->store->chunk_size;
+	struct move_batch *b = calloc(1, sizeof *b);
+
+	if (!b)
+		return NULL;
+	b->cs = cs;
+	b->level = level;
+	b->cap = compress_bound(chunk);
+	for (size_t i = 0; i < MOVE_BATCH; i++) {
+		b->m[i].rec = malloc(RECORD_HEADER_SIZE + (size_t)chunk);
+		b->m[i].raw = malloc(chunk);
+		b->m[i].out = malloc(b->cap);
+		if (!b->m[i].rec || !b->m[i].raw || !b->m[i].out) {
+			move_batch_free(b);
+			return NULL;
+		}
+	}
+	return b;
+}
+
+/* Append one moved record to the pack being written; its entry follows. */
+static int append_moved(struct chunkstore *cs, const struct move *m)
+{
+	size_t reclen = RECORD_HEADER_SIZE + (size_t)m->stored_len;
+	struct chunk_loc *loc = &m->l->loc;
+	struct cs_entry *e;
+	int r;
+
+	if (cs->wsize + reclen > PACK_LIMIT && cs->wsize > PACK_HEADER_SIZE) {
+		r = finish_pack(cs);
+		if (r == 0)
+			r = new_pack(cs);
+		if (r < 0)
+			return r;
+	}
+	if (cs->wbuf_len + reclen > WBUF_SIZE) {
+		r = flush_wbuf(cs);
+		if (r < 0)
+			return r;
+	}
+	*loc = (struct chunk_loc){ .pack = cs->wpack, .stored_len = m->stored_len,
+				   .offset = cs->wsize, .raw_len = loc->raw_len, .flags = m->flags };
+	record_encode(cs->wbuf + cs->wbuf_len, m->l->id, loc->raw_len, m->stored_len, m->flags);
+	memcpy(cs->wbuf + cs->wbuf_len + RECORD_HEADER_SIZE, m->payload, m->stored_len);
+	cs->wbuf_len += reclen;
+	cs->wsize += reclen;
+	e = table_find(cs, m->l->id);
+	if (e)
+		e->loc = *loc;
+	return 0;
+}
+
+/* Read, recompress (on the pool) and append up to MOVE_BATCH records. */
+static int move_records(struct chunkstore *cs, struct move_batch *b, struct pending **ls, size_t n,
+			uint64_t *ret_recompressed)
+{
+	uint32_t chunk = cs->region->store->chunk_size;
+	int r;
+
+	for (size_t i = 0; i < n; i++) {
+		struct move *m = &b->m[i];
+		int fd = pack_fd(cs, ls[i]->loc.pack);
+
+		if (fd < 0)
+			return fd == -ENOENT ? -EBADMSG : fd;
+		/* the buffers hold a chunk; no sane record is larger */
+		if (ls[i]->loc.raw_len > chunk || ls[i]->loc.stored_len > ls[i]->loc.raw_len)
+			return -EBADMSG;
+		m->l = ls[i];
+		r = pread_all(fd, m->rec, RECORD_HEADER_SIZE + (size_t)m->l->loc.stored_len,
+			      m->l->loc.offset);
+		if (r < 0)
+			return r;
+	}
+	pool_run(recompress_one, b, n);
+	for (size_t i = 0; i < n; i++)
+		if (b->m[i].error < 0)
+			return b->m[i].error;
+	for (size_t i = 0; i < n; i++) {
+		if (b->m[i].flags != b->m[i].l->loc.flags)
+			(*ret_recompressed)++;
+		r = append_moved(cs, &b->m[i]);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int cs_compact(struct chunkstore *cs, int level,
 	       bool (*keep)(void *opaque, const uint8_t id[CHUNK_ID_SIZE]), void *opaque,
 	       struct kiln_gc_result *res)
 {
 	CLEANUP_FREE struct pack_usage *usage = NULL;
 	CLEANUP_FREE struct pending *live = NULL;
-	uint32_t maxpack;
-	size_t nlive = 0, nusage;
-	bool moved_any = false;
+	struct move_batch *batch = NULL;
+	struct pending *ls[MOVE_BATCH];
+	uint32_t maxpack, first_new;
+	size_t nlive = 0, nusage, nls = 0;
+	uint64_t moved = 0;
 	char name[32];
 	int r;
 
@@ -1235,6 +1414,7 @@ int cs_compact(struct chunkstore *cs,
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&cs->lock);
+	first_new = cs->wpack;
 	r = max_pack_number(cs, &maxpack);
 	if (r < 0)
 		goto out_abort;
@@ -1259,8 +1439,11 @@ int cs_compact(struct chunkstore *cs,
 			memcpy(live[nlive].id, e->id, CHUNK_ID_SIZE);
 			live[nlive].loc = e->loc;
 			nlive++;
-			if (e->loc.pack < nusage)
+			if (e->loc.pack < nusage) {
 				usage[e->loc.pack].live++;
+				if (is_weak(&e->loc, level))
+					usage[e->loc.pack].weak++;
+			}
 		} else {
 			res->chunks_removed++;
 			if (e->loc.pack < nusage)
@@ -1268,54 +1451,38 @@ int cs_compact(struct chunkstore *cs,
 		}
 	}
 	res->chunks_kept = nlive;
+	qsort(live, nlive, sizeof *live, by_place);
 
-	/* Move the live records out of every pack that holds a dead one. */
-	for (size_t i = 0; i < nlive; i++) {
-		struct pending *l = &live[i];
-		uint8_t *rec = NULL;
-		int fd;
+	/* Move the live records out of every pack that holds a dead or a
+	 * weak one, MOVE_BATCH at a time so the pool compresses in parallel. */
+	for (size_t i = 0; i <= nlive; i++) {
+		if (i < nlive) {
+			struct pack_usage *u = live[i].loc.pack < nusage ? &usage[live[i].loc.pack] : NULL;
 
-		if (l->loc.pack >= nusage || usage[l->loc.pack].dead == 0 || l->loc.pack == cs->wpack)
-			continue;
-		fd = pack_fd(cs, l->loc.pack);
-		if (fd < 0) {
-			r = fd;
-			goto out_abort;
+			if (!u || (u->dead == 0 && u->weak == 0) || live[i].loc.pack >= first_new)
+				continue;
+			ls[nls++] = &live[i];
+			if (nls < MOVE_BATCH)
+				continue;
 		}
-		rec = malloc(RECORD_HEADER_SIZE + (size_t)l->loc.stored_len);
-		if (!rec) {
+		if (nls == 0)
+			continue;
+		if (!batch && !(batch = move_batch_new(cs, level))) {
 			r = -ENOMEM;
 			goto out_abort;
 		}
-		r = pread_all(fd, rec, RECORD_HEADER_SIZE + (size_t)l->loc.stored_len, l->loc.offset);
-		if (r == 0) {
-			/* Re-queue as a new record at the end of our pack. */
-			struct cs_entry *e = table_find(cs, l->id);
-			size_t reclen = RECORD_HEADER_SIZE + (size_t)l->loc.stored_len;
-
-			if (cs->wbuf_len + reclen > WBUF_SIZE)
-				r = flush_wbuf(cs);
-			if (r == 0) {
-				memcpy(cs->wbuf + cs->wbuf_len, rec, reclen);
-				l->loc.pack = cs->wpack;
-				l->loc.offset = cs->wsize;
-				cs->wbuf_len += reclen;
-				cs->wsize += reclen;
-				if (e)
-					e->loc = l->loc;
-				moved_any = true;
-			}
-		}
-		free(rec);
+		r = move_records(cs, batch, ls, nls, &res->chunks_recompressed);
 		if (r < 0)
 			goto out_abort;
+		moved += nls;
+		nls = 0;
 	}
+	move_batch_free(batch);
+	batch = NULL;
 	r = finish_pack(cs);
 	if (r < 0)
 		goto out_abort;
-	if (moved_any)
-		res->packs_written++;
-	else
+	if (moved == 0)
 		unlinkat(cs->packs_dirfd, pack_name(cs->wpack, name), 0);
 	r = fsync_dir(cs->packs_dirfd);
 	if (r < 0)
@@ -1341,13 +1508,14 @@ int cs_compact(struct chunkstore *cs,
 	}
 	crash_point("gc:index-written");
 
-	/* Now no index record names a pack that had a dead chunk, nor any
+	/* Now no index record names a pack that was rewritten, nor any
 	 * pack a crashed writer left: delete them. */
 	forget_pack_fds(cs);
 	for (uint32_t p = 1; p < nusage; p++) {
 		struct stat st;
 
-		if (!usage[p].exists || (usage[p].live && !usage[p].dead) || p == cs->wpack)
+		if (!usage[p].exists || p >= first_new ||
+		    (usage[p].live && !usage[p].dead && !usage[p].weak))
 			continue;
 		if (fstatat(cs->packs_dirfd, pack_name(p, name), &st, 0) == 0 &&
 		    unlinkat(cs->packs_dirfd, name, 0) == 0) {
@@ -1357,11 +1525,13 @@ int cs_compact(struct chunkstore *cs,
 		crash_point("gc:pack-removed");
 	}
 	fsync_dir(cs->packs_dirfd);
-	if (moved_any) {
+	for (size_t i = 0; moved && i < cs->nwpacks; i++) {
 		struct stat st;
 
-		if (fstatat(cs->packs_dirfd, pack_name(cs->wpack, name), &st, 0) == 0)
+		if (fstatat(cs->packs_dirfd, pack_name(cs->wpacks[i], name), &st, 0) == 0) {
 			res->bytes_freed -= MIN(res->bytes_freed, (uint64_t)st.st_size);
+			res->packs_written++;
+		}
 	}
 	cs->writing = false;
 	cs->nwpacks = 0;
@@ -1371,6 +1541,7 @@ int cs_compact(struct chunkstore *cs,
 	return r;
 
 out_abort:
+	move_batch_free(batch);
 	pthread_mutex_unlock(&cs->lock);
 	cs_abort(cs);
 	return r;

@@ -6,7 +6,8 @@
  * region lock, so no snapshot, import or copy runs beside it (DESIGN
  * rule 6), and it first removes what crashed writers left: manifests and
  * volume files that no catalog row names. The chunk store then rewrites
- * the packs that hold dead chunks (see cs_compact()). */
+ * the packs that hold dead chunks (see cs_compact()), and for recompress
+ * those that hold chunks compressed at a weaker level. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -165,7 +166,7 @@ static bool keep_live(void *opaque, const uint8_t id[CHUNK_ID_SIZE])
 	return idset_has(opaque, id);
 }
 
-static int region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
+static int region_gc(struct kiln_region *rg, int level, struct kiln_gc_result *ret_result)
 {
 	struct gc_ctx g = { .rg = rg };
 	struct kiln_gc_result res = { 0 };
@@ -179,7 +180,7 @@ static int region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
 	if (r == 0) {
 		fsync_dir(rg->manifests_dirfd);
 		fsync_dir(rg->volumes_dirfd);
-		r = cs_compact(rg->cs, keep_live, &g.live, &res);
+		r = cs_compact(rg->cs, level, keep_live, &g.live, &res);
 	}
 	region_unlock(rg);
 	free(g.live.ids);
@@ -189,11 +190,23 @@ static int region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
 	return r;
 }
 
-int kiln_region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
+static int gc_with_reserve(struct kiln_region *rg, int level, struct kiln_gc_result *ret_result)
 {
-	int r = region_gc(rg, ret_result);
+	int r = region_gc(rg, level, ret_result);
 
 	if (r == -ENOSPC && region_release_reserve(rg))
-		r = region_gc(rg, ret_result);
+		r = region_gc(rg, level, ret_result);
 	return r;
+}
+
+int kiln_region_gc(struct kiln_region *rg, struct kiln_gc_result *ret_result)
+{
+	return gc_with_reserve(rg, 0, ret_result);
+}
+
+int kiln_region_recompress(struct kiln_region *rg, int zstd_level, struct kiln_gc_result *ret_result)
+{
+	if (zstd_level < -7 || zstd_level > 19 || zstd_level == 0)
+		return -EINVAL;
+	return gc_with_reserve(rg, zstd_level, ret_result);
 }

@@ -216,6 +216,19 @@ int vmap_close(struct vmap *m);
 
 #define CS_FLAG_ZSTD 0x0001
 
+/* Bits 8-15 of a record's flags: the strongest zstd level its chunk has
+ * been compressed with, as a signed byte; 0 when not recorded. The payload
+ * is the smallest of those tries (raw when none saved enough). */
+static inline uint16_t cs_flags_with_level(uint16_t flags, int level)
+{
+	return (uint16_t)((flags & 0xff) | (uint16_t)((uint8_t)(int8_t)level << 8));
+}
+
+static inline int cs_flags_level(uint16_t flags)
+{
+	return (int8_t)(uint8_t)(flags >> 8);
+}
+
 struct chunk_loc {
 	uint32_t pack;
 	uint32_t stored_len;
@@ -267,8 +280,11 @@ int cs_verify_chunk(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], cons
 		    void *scratch);
 int cs_packs_dirfd(struct chunkstore *cs);
 /* Replace the index with exactly the entries for which keep() is true,
- * moving records out of packs that hold anything else. See gc.c. */
-int cs_compact(struct chunkstore *cs,
+ * moving records out of packs that hold anything else. See gc.c. With a
+ * zstd level, packs holding chunks compressed at a weaker (or unrecorded)
+ * level are rewritten too, each such chunk verified and compressed again
+ * at that level; 0 leaves payloads as they are. */
+int cs_compact(struct chunkstore *cs, int level,
 	       bool (*keep)(void *opaque, const uint8_t id[CHUNK_ID_SIZE]), void *opaque,
 	       struct kiln_gc_result *res);
 

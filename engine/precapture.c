@@ -141,18 +141,19 @@ static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *dat
 	uint32_t cs = v->map->chunk_size;
 	struct precap *p = v->precap;
 	struct precap_entry *e;
-	uint16_t flags = CS_FLAG_ZSTD;
+	int level = kiln_store_zstd_level(store);
+	uint16_t flags = cs_flags_with_level(CS_FLAG_ZSTD, level);
 	const uint8_t *stored = p->out;
 	ssize_t len = 0;
 
 	if (!buf_is_zero(data, cs)) {
-		len = compress_chunk(data, cs, p->out, compress_bound(cs), kiln_store_zstd_level(store));
+		len = compress_chunk(data, cs, p->out, compress_bound(cs), level);
 		if (len < 0)
 			return NULL;
 		if (len == 0) {         /* incompressible: stored raw */
 			stored = data;
 			len = cs;
-			flags = 0;
+			flags = cs_flags_with_level(0, level);
 		}
 	}
 	e = malloc(sizeof *e + (size_t)len);

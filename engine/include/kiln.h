@@ -547,9 +547,16 @@ struct kiln_gc_result {
 	uint64_t packs_removed;
 	uint64_t packs_written;
 	uint64_t chunks_kept;
+	uint64_t chunks_recompressed;  /* kiln_region_recompress() */
 };
 
 int kiln_region_gc(struct kiln_region *region, struct kiln_gc_result *ret_result);
+/* gc, and every live chunk compressed at a weaker zstd level than
+ * zstd_level (-7 to 19) is verified and compressed again at it; the
+ * smaller payload is kept. Packs are rewritten as by gc, so a crash at any
+ * point leaves the store as it was or as it will be. */
+int kiln_region_recompress(struct kiln_region *region, int zstd_level,
+			   struct kiln_gc_result *ret_result);
 
 #ifdef __cplusplus
 }

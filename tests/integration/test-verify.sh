@@ -135,7 +135,7 @@ tvol=$(kiln volume import "$t1")
 st=$(kiln snapshot create "$tvol")
 pack=$KILN_STORE/$packs/$(ls "$KILN_STORE/$packs" | sort | tail -n 1)
 flags=$(hex_at "$pack" $((16 + 6)) 2)
-assert_eq "$flags" 0100 "flags (CS_FLAG_ZSTD, little-endian) of the text chunk's record"
+assert_eq "$flags" 0101 "flags (CS_FLAG_ZSTD, zstd level 1; little-endian) of the text chunk's record"
 [ "$(stat -c %s "$pack")" -lt $((16 + 40 + cs / 4)) ] || fail "the text chunk did not compress"
 chunk=$(hex_at "$pack" $((16 + 8)) 16)
 flip_byte "$pack" $((16 + 40 + 12))

@@ -681,7 +681,7 @@ static void test_compact(void **state)
 	other = open_region(u);
 	assert_reads_back(other->cs, &c[0]);
 
-	assert_rc(cs_compact(cs_of(u), keep_fn, &ks, &res), 0);
+	assert_rc(cs_compact(cs_of(u), 0, keep_fn, &ks, &res), 0);
 	assert_int_equal(ks.asked, 10);
 	assert_int_equal(res.chunks_kept, 6);
 	assert_int_equal(res.chunks_removed, 4);
@@ -777,7 +777,7 @@ static void test_compact_all_or_nothing(void **state)
 	store_chunks(cs_of(u), c + 2, 2);
 
 	/* keeping everything moves nothing and removes nothing */
-	assert_rc(cs_compact(cs_of(u), keep_all, NULL, &res), 0);
+	assert_rc(cs_compact(cs_of(u), 0, keep_all, NULL, &res), 0);
 	assert_int_equal(res.chunks_kept, 4);
 	assert_int_equal(res.chunks_removed, 0);
 	assert_int_equal(res.packs_removed, 0);
@@ -788,7 +788,7 @@ static void test_compact_all_or_nothing(void **state)
 		assert_reads_back(cs_of(u), &c[i]);
 
 	memset(&res, 0, sizeof res);
-	assert_rc(cs_compact(cs_of(u), keep_none, NULL, &res), 0);
+	assert_rc(cs_compact(cs_of(u), 0, keep_none, NULL, &res), 0);
 	assert_int_equal(res.chunks_kept, 0);
 	assert_int_equal(res.chunks_removed, 4);
 	/* both packs with records (and an empty one the first gc may have
@@ -820,13 +820,277 @@ static void test_bug_reader_after_gc_reuses_pack_number(void **state)
 	other = open_region(u);
 	assert_reads_back(other->cs, &c[0]);      /* caches its descriptor of pack 1 */
 
-	assert_rc(cs_compact(cs_of(u), keep_none, NULL, &res), 0);
+	assert_rc(cs_compact(cs_of(u), 0, keep_none, NULL, &res), 0);
 	assert_int_equal(res.packs_removed, 1);
 	store_chunks(cs_of(u), &c[1], 1);
 	assert_reads_back(cs_of(u), &c[1]);
 
 	assert_reads_back(other->cs, &c[1]);
 	kiln_region_close(other);
+	free(c);
+}
+
+/* Words drawn from a small vocabulary: compresses, and better at high
+ * zstd levels than at level 1. */
+static void fill_words(uint8_t *buf, size_t len, uint64_t seed)
+{
+	static const char *const words[] = {
+		"kernel", "volume", "snapshot", "chunk", "region", "image", "boot",
+		"manifest", "pack", "index", "the", "of", "and", "write", "read",
+		"dirty", "zero", "mapping", "launch", "account", "device", "xvda",
+	};
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 7;
+	size_t i = 0;
+
+	while (i < len) {
+		const char *w;
+		size_t n;
+
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w = words[x % (sizeof words / sizeof words[0])];
+		n = MIN(strlen(w), len - i);
+		memcpy(buf + i, w, n);
+		i += n;
+		if (i < len)
+			buf[i++] = (x >> 20) % 5 ? ' ' : '\n';
+	}
+}
+
+/* Every file under the region's packs/ and its index, read whole, so a
+ * test can tell that a failed call changed nothing. */
+struct files {
+	char names[16][64];
+	uint8_t *data[16];
+	size_t len[16], n;
+};
+
+static void read_files(struct unit_store *u, struct files *f)
+{
+	char path[256];
+	DIR *d;
+	struct dirent *de;
+
+	memset(f, 0, sizeof *f);
+	unit_region_path(u, "packs", path, sizeof path);
+	d = opendir(path);
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		assert_true(f->n < 15);
+		snprintf(f->names[f->n++], 64, "packs/%.50s", de->d_name);
+	}
+	closedir(d);
+	snprintf(f->names[f->n++], 64, "index");
+	for (size_t i = 0; i < f->n; i++) {
+		off_t size;
+		int fd;
+
+		unit_region_path(u, f->names[i], path, sizeof path);
+		size = unit_file_size(path);
+		assert_true(size >= 0);
+		f->len[i] = (size_t)size;
+		f->data[i] = malloc(f->len[i] + 1);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		assert_true(fd >= 0);
+		assert_int_equal(pread(fd, f->data[i], f->len[i], 0), (ssize_t)f->len[i]);
+		close(fd);
+	}
+}
+
+static void assert_same_files(const struct files *a, const struct files *b)
+{
+	assert_int_equal(a->n, b->n);
+	for (size_t i = 0; i < a->n; i++) {
+		size_t j = 0;
+
+		while (j < b->n && strcmp(a->names[i], b->names[j]) != 0)
+			j++;
+		if (j == b->n)
+			fail_msg("%s is gone", a->names[i]);
+		assert_int_equal(a->len[i], b->len[j]);
+		assert_memory_equal(a->data[i], b->data[j], a->len[i]);
+	}
+}
+
+static void free_files(struct files *f)
+{
+	for (size_t i = 0; i < f->n; i++)
+		free(f->data[i]);
+}
+
+/* Store chunks as a writer at zstd level `level` does, with the level in
+ * the records' flags, or without as older writers did. */
+static void store_at_level_as(struct chunkstore *cs, const struct chunk *c, size_t n, int level,
+			      bool record_level)
+{
+	int mark = record_level ? level : 0;
+
+	size_t cap = compress_bound(LEN);
+	uint8_t *out = malloc(cap);
+
+	assert_non_null(out);
+	assert_rc(cs_begin(cs), 0);
+	for (size_t i = 0; i < n; i++) {
+		ssize_t len = compress_chunk(c[i].data, LEN, out, cap, level);
+		bool added = false;
+
+		assert_true(len >= 0);
+		if (len > 0)
+			assert_rc(cs_add(cs, c[i].id, out, (uint32_t)len, LEN,
+					 cs_flags_with_level(CS_FLAG_ZSTD, mark), &added), 0);
+		else
+			assert_rc(cs_add(cs, c[i].id, c[i].data, LEN, LEN,
+					 cs_flags_with_level(0, mark), &added), 0);
+		assert_true(added);
+	}
+	assert_rc(cs_commit(cs), 0);
+	free(out);
+}
+
+static void store_at_level(struct chunkstore *cs, const struct chunk *c, size_t n, int level)
+{
+	store_at_level_as(cs, c, n, level, true);
+}
+
+static void test_level_in_flags(void **state)
+{
+	(void)state;
+	for (int level = -7; level <= 22; level++) {
+		uint16_t f = cs_flags_with_level(CS_FLAG_ZSTD, level);
+
+		assert_int_equal(cs_flags_level(f), level);
+		assert_int_equal(f & 0xff, CS_FLAG_ZSTD);
+		assert_int_equal(cs_flags_with_level(f, 3) & 0xff, CS_FLAG_ZSTD);
+	}
+	assert_int_equal(cs_flags_level(CS_FLAG_ZSTD), 0);      /* not recorded */
+}
+
+static void test_recompress(void **state)
+{
+	struct unit_store *u = *state;
+	struct chunk *c = make_chunks(u, 9, 700);
+	struct kiln_gc_result res = { 0 };
+	struct kiln_region *other;
+	struct chunk_loc before[9], l;
+	char path[256];
+
+	/* c0..c3 words at level 1, c4 random at level 1, c5 words with no
+	 * level recorded (as older writers did), c6..c8 words at level 19 */
+	for (int i = 0; i < 9; i++) {
+		if (i != 4)
+			fill_words(c[i].data, LEN, 700 + (uint64_t)i);
+		else
+			unit_fill_random(c[i].data, LEN, 704);
+		chunk_hash(u->store, c[i].data, LEN, c[i].id);
+	}
+	store_at_level(cs_of(u), c, 5, 1);
+	store_at_level_as(cs_of(u), &c[5], 1, 1, false);
+	store_at_level(cs_of(u), &c[6], 3, 19);
+	for (int i = 0; i < 9; i++)
+		before[i] = lookup(cs_of(u), &c[i]);
+	assert_int_equal(cs_flags_level(before[0].flags), 1);
+	assert_int_equal(cs_flags_level(before[4].flags), 1);
+	assert_false(before[4].flags & CS_FLAG_ZSTD);
+	assert_int_equal(cs_flags_level(before[5].flags), 0);
+	assert_int_equal(cs_flags_level(before[6].flags), 19);
+	other = open_region(u);
+	assert_reads_back(other->cs, &c[0]);
+
+	assert_rc(cs_compact(cs_of(u), 19, keep_all, NULL, &res), 0);
+	assert_int_equal(res.chunks_kept, 9);
+	assert_int_equal(res.chunks_removed, 0);
+	assert_int_equal(res.chunks_recompressed, 6);
+	assert_int_equal(res.packs_removed, 2);
+	assert_int_equal(res.packs_written, 1);
+	for (int i = 0; i < 9; i++) {
+		l = lookup(cs_of(u), &c[i]);
+		assert_int_equal(cs_flags_level(l.flags), 19);
+		assert_reads_back(cs_of(u), &c[i]);
+		assert_reads_back(other->cs, &c[i]);
+		if (i >= 6) {           /* already there: untouched */
+			assert_int_equal(l.pack, before[i].pack);
+			assert_int_equal(l.offset, before[i].offset);
+		} else if (i == 4) {    /* tried, and still raw */
+			assert_false(l.flags & CS_FLAG_ZSTD);
+			assert_int_equal(l.stored_len, LEN);
+		} else {                /* smaller at 19 than at 1 */
+			assert_true(l.flags & CS_FLAG_ZSTD);
+			assert_true(l.stored_len < before[i].stored_len);
+		}
+	}
+	/* they moved in pack order */
+	assert_true(lookup(cs_of(u), &c[0]).offset < lookup(cs_of(u), &c[1]).offset);
+	assert_true(lookup(cs_of(u), &c[4]).offset < lookup(cs_of(u), &c[5]).offset);
+	pack_path(u, before[0].pack, path, sizeof path);
+	assert_int_equal(unit_file_size(path), -1);
+
+	/* again: nothing left to do */
+	memset(&res, 0, sizeof res);
+	assert_rc(cs_compact(cs_of(u), 19, keep_all, NULL, &res), 0);
+	assert_int_equal(res.chunks_recompressed, 0);
+	assert_int_equal(res.packs_written, 0);
+	assert_int_equal(res.packs_removed, 0);
+	/* a weaker level is no reason to rewrite either */
+	assert_rc(cs_compact(cs_of(u), 3, keep_all, NULL, &res), 0);
+	assert_int_equal(res.chunks_recompressed, 0);
+	assert_int_equal(res.packs_written, 0);
+
+	kiln_region_close(other);
+	reopen_region(u);
+	for (int i = 0; i < 9; i++)
+		assert_reads_back(cs_of(u), &c[i]);
+	free(c);
+}
+
+/* A chunk that fails its check on the way stops the recompression before
+ * anything that was good changes: the packs and the index stay as they
+ * were, byte for byte, and every other chunk reads back. */
+static void test_recompress_corrupt_chunk(void **state)
+{
+	struct unit_store *u = *state;
+	struct chunk *c = make_chunks(u, 4, 800);
+	struct kiln_gc_result res = { 0 };
+	struct files was, now;
+	struct chunk_loc l;
+	char path[256];
+
+	for (int i = 0; i < 4; i++) {
+		fill_words(c[i].data, LEN, 800 + (uint64_t)i);
+		chunk_hash(u->store, c[i].data, LEN, c[i].id);
+	}
+	store_at_level(cs_of(u), c, 2, 1);
+	store_at_level(cs_of(u), &c[2], 2, 1);
+	l = lookup(cs_of(u), &c[3]);
+	pack_path(u, l.pack, path, sizeof path);
+	/* a byte of the record's id, then one in the middle of its frame */
+	for (int k = 0; k < 2; k++) {
+		off_t at = (off_t)(l.offset + (k == 0 ? 8 : RECORD_HEADER_SIZE + l.stored_len / 2));
+
+		flip_byte(path, at);
+		read_files(u, &was);
+		assert_rc(cs_compact(cs_of(u), 19, keep_all, NULL, &res), -EBADMSG);
+		read_files(u, &now);
+		assert_same_files(&was, &now);
+		for (int i = 0; i < 3; i++)
+			assert_reads_back(cs_of(u), &c[i]);
+		assert_read_fails(cs_of(u), &c[3], -EBADMSG);
+		reopen_region(u);
+		for (int i = 0; i < 3; i++)
+			assert_reads_back(cs_of(u), &c[i]);
+		free_files(&was);
+		free_files(&now);
+		if (k == 0)
+			flip_byte(path, at);
+	}
+
+	/* gc alone moves records as they are, unchecked: the damage stays
+	 * where it was for verify to name */
+	memset(&res, 0, sizeof res);
+	assert_rc(cs_compact(cs_of(u), 0, keep_all, NULL, &res), 0);
+	assert_int_equal(res.packs_written, 0);
 	free(c);
 }
 
@@ -878,6 +1142,9 @@ int main(void)
 		UNIT_TEST(test_compact),
 		UNIT_TEST(test_compact_all_or_nothing),
 		UNIT_TEST(test_bug_reader_after_gc_reuses_pack_number),
+		UNIT_TEST(test_level_in_flags),
+		UNIT_TEST(test_recompress),
+		UNIT_TEST(test_recompress_corrupt_chunk),
 		UNIT_TEST(test_ids_are_keyed),
 	};
 

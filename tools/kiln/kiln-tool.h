@@ -120,6 +120,7 @@ int cmd_wait_image_available(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_store_stats(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_store_verify(struct cli_ctx *ctx, const struct cli_args *args);
 int cmd_store_gc(struct cli_ctx *ctx, const struct cli_args *args);
+int cmd_store_recompress(struct cli_ctx *ctx, const struct cli_args *args);
 
 /* parse.c: each returns 0, or -EINVAL/-ERANGE with *ret_why saying why */
 int parse_size(const char *s, uint64_t bare_unit, uint64_t *ret_size,

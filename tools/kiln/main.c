@@ -34,6 +34,11 @@ static const struct cli_option init_options[] = {
 	{ NULL, NULL, NULL, 0 },
 };
 
+static const struct cli_option store_recompress_options[] = {
+	{ "zstd-level", "N", "the zstd level to reach, -7 to 19 (default: 9)" },
+	{ NULL, NULL, NULL, 0 },
+};
+
 static const struct cli_option volume_create_options[] = {
 	{ "size", "SIZE", "K, M, G or T suffix; a bare number is GiB" },
 	{ "snapshot-id", "SNAPSHOT-ID", "make a copy-on-write volume of this snapshot" },
@@ -312,6 +317,18 @@ static const struct cli_command commands[] = {
 	  "", "remove the chunks that nothing references",
 	  "Covers every region, or only the one given with --region.",
 	  no_options, 0, 0 },
+	{ "store", "recompress", cmd_store_recompress, CMD_STORE,
+	  "", "compress stored chunks again at a stronger zstd level",
+	  "Snapshots compress at the store's level (1 unless kiln init said\n"
+	  "otherwise), which keeps them fast. This rewrites the packs holding\n"
+	  "chunks compressed at a weaker level: each such chunk is verified,\n"
+	  "compressed again, and the smaller payload kept. It removes unreferenced\n"
+	  "chunks as gc does. Chunks already at the level are left alone, so a\n"
+	  "later run works only on what is new. On a Debian image, level 9 stores\n"
+	  "6% less than level 1 at about 120 MB/s of data on two cores; 19 stores\n"
+	  "9% less at 8 MB/s. Reads are as fast at any level.\n"
+	  "Covers every region, or only the one given with --region.",
+	  store_recompress_options, 0, 0 },
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
