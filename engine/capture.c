@@ -72,8 +72,13 @@ static void process_slot(void *arg, size_t i)
 
 void capture_start(struct capture *c, int set, size_t n)
 {
+	size_t work = 0;
+
 	c->job = (struct capture_job){ c, c->slots[set], kiln_store_zstd_level(c->region->store), 0 };
-	pool_start(process_slot, &c->job, n);
+	for (size_t i = 0; i < n; i++)
+		work += !c->slots[set][i].skip;
+	/* A batch of holes has nothing to do: no worker needs waking. */
+	pool_start(process_slot, &c->job, work ? n : 0);
 }
 
 int capture_join(struct capture *c)
