@@ -1063,20 +1063,14 @@ int cs_begin(struct chunkstore *cs)
 	return 0;
 }
 
-int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
-	   uint32_t stored_len, uint32_t raw_len, uint16_t flags, bool *ret_added)
+/* Append one record to the pack being written, starting a new pack past
+ * PACK_LIMIT; *ret_loc says where it went. Called with the lock held. */
+static int append_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
+			 uint32_t stored_len, uint32_t raw_len, uint16_t flags, struct chunk_loc *ret_loc)
 {
-	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
 	size_t reclen = RECORD_HEADER_SIZE + (size_t)stored_len;
-	struct chunk_loc loc;
 	int r;
 
-	if (!cs->writing)
-		return -EINVAL;
-	if (table_find(cs, id)) {
-		*ret_added = false;
-		return 0;
-	}
 	if (cs->wsize + reclen > PACK_LIMIT && cs->wsize > PACK_HEADER_SIZE) {
 		r = finish_pack(cs);
 		if (r == 0)
@@ -1089,6 +1083,28 @@ int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *s
 		if (r < 0)
 			return r;
 	}
+	*ret_loc = (struct chunk_loc){ .pack = cs->wpack, .stored_len = stored_len,
+				       .offset = cs->wsize, .raw_len = raw_len, .flags = flags };
+	record_encode(cs->wbuf + cs->wbuf_len, id, raw_len, stored_len, flags);
+	memcpy(cs->wbuf + cs->wbuf_len + RECORD_HEADER_SIZE, stored, stored_len);
+	cs->wbuf_len += reclen;
+	cs->wsize += reclen;
+	return 0;
+}
+
+int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
+	   uint32_t stored_len, uint32_t raw_len, uint16_t flags, bool *ret_added)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	struct chunk_loc loc;
+	int r;
+
+	if (!cs->writing)
+		return -EINVAL;
+	if (table_find(cs, id)) {
+		*ret_added = false;
+		return 0;
+	}
 	if (cs->npending == cs->pending_cap) {
 		size_t ncap = cs->pending_cap ? cs->pending_cap * 2 : 1024;
 		struct pending *p = realloc(cs->pending, ncap * sizeof *p);
@@ -1098,15 +1114,11 @@ int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *s
 		cs->pending = p;
 		cs->pending_cap = ncap;
 	}
-	loc = (struct chunk_loc){ .pack = cs->wpack, .stored_len = stored_len,
-				  .offset = cs->wsize, .raw_len = raw_len, .flags = flags };
-	record_encode(cs->wbuf + cs->wbuf_len, id, raw_len, stored_len, flags);
-	memcpy(cs->wbuf + cs->wbuf_len + RECORD_HEADER_SIZE, stored, stored_len);
-	r = table_put(cs, id, &loc);
+	r = append_record(cs, id, stored, stored_len, raw_len, flags, &loc);
+	if (r == 0)
+		r = table_put(cs, id, &loc);
 	if (r < 0)
 		return r;
-	cs->wbuf_len += reclen;
-	cs->wsize += reclen;
 	memcpy(cs->pending[cs->npending].id, id, CHUNK_ID_SIZE);
 	cs->pending[cs->npending].loc = loc;
 	cs->npending++;
@@ -1331,29 +1343,12 @@ static struct move_batch *move_batch_new(struct chunkstore *cs, int level)
 /* Append one moved record to the pack being written; its entry follows. */
 static int append_moved(struct chunkstore *cs, const struct move *m)
 {
-	size_t reclen = RECORD_HEADER_SIZE + (size_t)m->stored_len;
 	struct chunk_loc *loc = &m->l->loc;
 	struct cs_entry *e;
-	int r;
+	int r = append_record(cs, m->l->id, m->payload, m->stored_len, loc->raw_len, m->flags, loc);
 
-	if (cs->wsize + reclen > PACK_LIMIT && cs->wsize > PACK_HEADER_SIZE) {
-		r = finish_pack(cs);
-		if (r == 0)
-			r = new_pack(cs);
-		if (r < 0)
-			return r;
-	}
-	if (cs->wbuf_len + reclen > WBUF_SIZE) {
-		r = flush_wbuf(cs);
-		if (r < 0)
-			return r;
-	}
-	*loc = (struct chunk_loc){ .pack = cs->wpack, .stored_len = m->stored_len,
-				   .offset = cs->wsize, .raw_len = loc->raw_len, .flags = m->flags };
-	record_encode(cs->wbuf + cs->wbuf_len, m->l->id, loc->raw_len, m->stored_len, m->flags);
-	memcpy(cs->wbuf + cs->wbuf_len + RECORD_HEADER_SIZE, m->payload, m->stored_len);
-	cs->wbuf_len += reclen;
-	cs->wsize += reclen;
+	if (r < 0)
+		return r;
 	e = table_find(cs, m->l->id);
 	if (e)
 		e->loc = *loc;
