@@ -1,13 +1,15 @@
 #!/bin/bash
 # kiln store recompress: chunks written at the store's level (1) are
 # compressed again at a stronger one; the store gets smaller, every
-# snapshot and volume exports byte for byte, verify is clean, and a second
+# snapshot and volume exports byte for byte, kiln-nbd goes on serving a
+# volume whose chunks moved under it, verify is clean, and a second
 # run finds nothing to do. Only new chunks are worked on later. Bad levels
 # are refused and change nothing; a corrupt chunk stops it with a clear
 # error before anything changes; a crash at each of gc's points leaves
 # the store whole, and the next run finishes the job.
 source "$(dirname "$0")/functions.sh"
-requires openssl cmp sha256sum
+source "$(dirname "$0")/nbd-functions.sh"
+requires openssl cmp sha256sum nbdcopy
 
 cs=65536
 
@@ -56,6 +58,12 @@ files_state >"$TMPDIR/files.after"
 cmp "$TMPDIR/files.before" "$TMPDIR/files.after" || fail "a refused recompress changed the store"
 
 # ---- the first run does every chunk, and the store shrinks ----------------
+# kiln-nbd serves a volume made from $s1 all along: its chunks are in the
+# packs being replaced under it.
+cow=$(kiln volume create --snapshot-id "$s1")
+start_nbd
+nbdcopy "$(nbd_uri "$cow")" "$TMPDIR/served.img"
+cmp "$TMPDIR/served.img" "$img1" || fail "the served volume differs before recompress"
 rc_json
 assert_eq "$(rc_field ChunksRecompressed)" "$unique" "chunks recompressed by the first run"
 assert_eq "$(rc_field ChunksKept)" "$unique" "chunks kept by the first run"
@@ -66,6 +74,11 @@ assert_eq "$(rc_field BytesFreed)" $((packs - $(stat_field PackBytes))) "bytes f
 cmp_snapshot "$s1" "$img1"
 cmp_snapshot "$s2" "$img2"
 cmp_volume "$vol" "$img2"
+rm -f "$TMPDIR/served.img"
+nbdcopy "$(nbd_uri "$cow")" "$TMPDIR/served.img"
+cmp "$TMPDIR/served.img" "$img1" || fail "the served volume differs after recompress"
+stop_nbd
+kiln volume delete "$cow"
 verify_clean
 
 # ---- a second run, or a weaker level, has nothing to do --------------------
