@@ -14,6 +14,13 @@
  * before the snapshot does it, so a crash or a gc has nothing to clean
  * up, and the dirty bits stay the only truth about what changed.
  *
+ * Hashing costs a tenth of compressing, so a chunk that is not quiet yet
+ * is still read and hashed: if the store holds its id already (a guest
+ * writing back what a snapshot has, as a copy of a whole image does for
+ * most of its chunks) the record is just that id, and the snapshot only
+ * checks, under the region lock that keeps gc away, that the store still
+ * has it. A chunk the store lacks is compressed once it is quiet.
+ *
  * Locks, always in this order: the volume's io_lock, then precap.lock,
  * then map_lock. Compression runs with none of them held, so a snapshot
  * never waits for it. */
@@ -27,8 +34,9 @@
 
 struct precap_entry {
 	uint32_t gen;
-	uint32_t stored_len;            /* 0: a zero chunk, no record */
+	uint32_t stored_len;            /* 0: a zero chunk, or one the store has */
 	uint16_t flags;                 /* CS_FLAG_ZSTD, or 0 for raw */
+	bool stored;                    /* the store had the id: no record kept */
 	uint8_t id[CHUNK_ID_SIZE];
 	uint8_t data[];
 };
@@ -109,10 +117,10 @@ void precap_free(struct kiln_volume *v)
 	v->write_gen = NULL;
 }
 
-/* Choose up to max dirty LOCAL chunks from *cursor on that were not
- * written since the last pass and have no valid record. */
+/* Choose up to max dirty LOCAL chunks from *cursor on that have no valid
+ * record; quiet[k]: not written since the last pass. */
 static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64_t *idx,
-		     uint32_t *gen)
+		     uint32_t *gen, bool *quiet)
 {
 	struct precap *p = v->precap;
 	size_t n = 0;
@@ -121,13 +129,15 @@ static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64
 	for (; *cursor < v->map->nchunks && n < max; (*cursor)++) {
 		uint64_t i = *cursor;
 		uint32_t g = v->write_gen[i];
-		bool quiet = p->seen[i] == g;
 
-		p->seen[i] = g;
-		if (!vmap_dirty(v->map, i) || vmap_state(v->map, i) != CHUNK_LOCAL || !quiet)
+		if (!vmap_dirty(v->map, i) || vmap_state(v->map, i) != CHUNK_LOCAL) {
+			p->seen[i] = g;
 			continue;
+		}
 		if (p->entries[i] && p->entries[i]->gen == g)
 			continue;
+		quiet[n] = p->seen[i] == g;
+		p->seen[i] = g;
 		idx[n] = i;
 		gen[n] = g;
 		n++;
@@ -135,7 +145,10 @@ static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64
 	return n;
 }
 
-static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *data, uint32_t gen)
+/* The record of one chunk read at generation gen; NULL with *ret_error 0
+ * when it is better left for a later pass (new bytes, not quiet yet). */
+static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *data, uint32_t gen,
+				       bool quiet, int *ret_error)
 {
 	struct kiln_store *store = v->region->store;
 	uint32_t cs = v->map->chunk_size;
@@ -144,12 +157,23 @@ static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *dat
 	int level = kiln_store_zstd_level(store);
 	uint16_t flags = cs_flags_with_level(CS_FLAG_ZSTD, level);
 	const uint8_t *stored = p->out;
+	uint8_t id[CHUNK_ID_SIZE] = { 0 };
+	bool zero = buf_is_zero(data, cs), have = false;
 	ssize_t len = 0;
 
-	if (!buf_is_zero(data, cs)) {
-		len = compress_chunk(data, cs, p->out, compress_bound(cs), level);
-		if (len < 0)
+	*ret_error = 0;
+	if (!zero) {
+		chunk_hash(store, data, cs, id);
+		have = cs_contains(v->region->cs, id);
+		if (!have && !quiet)
 			return NULL;
+	}
+	if (!zero && !have) {
+		len = compress_chunk(data, cs, p->out, compress_bound(cs), level);
+		if (len < 0) {
+			*ret_error = (int)len;
+			return NULL;
+		}
 		if (len == 0) {         /* incompressible: stored raw */
 			stored = data;
 			len = cs;
@@ -157,15 +181,15 @@ static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *dat
 		}
 	}
 	e = malloc(sizeof *e + (size_t)len);
-	if (!e)
+	if (!e) {
+		*ret_error = -ENOMEM;
 		return NULL;
+	}
 	e->gen = gen;
 	e->stored_len = (uint32_t)len;
 	e->flags = flags;
-	if (len == 0)
-		memset(e->id, 0, CHUNK_ID_SIZE);
-	else
-		chunk_hash(store, data, cs, e->id);
+	e->stored = have;
+	memcpy(e->id, id, CHUNK_ID_SIZE);
 	memcpy(e->data, stored, (size_t)len);
 	return e;
 }
@@ -189,6 +213,7 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 	while (done < max) {
 		uint64_t idx[CAPTURE_BATCH];
 		uint32_t gen[CAPTURE_BATCH];
+		bool quiet[CAPTURE_BATCH];
 		struct io_req reqs[CAPTURE_BATCH];
 		uint64_t epoch;
 		size_t n;
@@ -196,7 +221,7 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 		pthread_rwlock_rdlock(&v->io_lock);
 		pthread_mutex_lock(&p->lock);
 		n = p->bytes < PRECAP_BUDGET ? choose(v, &cursor, MIN(max - done, (size_t)CAPTURE_BATCH),
-						      idx, gen) : 0;
+						      idx, gen, quiet) : 0;
 		for (size_t k = 0; k < n; k++)
 			reqs[k] = (struct io_req){ .fd = v->overlay_fd, .op = IO_READ,
 						   .buf = p->data + k * cs, .len = cs, .off = idx[k] * cs };
@@ -215,10 +240,11 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 			}
 			/* the volume's last chunk reads short */
 			memset(p->data + k * cs + reqs[k].res, 0, cs - (uint32_t)reqs[k].res);
-			e = make_entry(v, p->data + k * cs, gen[k]);
+			e = make_entry(v, p->data + k * cs, gen[k], quiet[k], &r);
 			if (!e) {
-				r = -ENOMEM;
-				break;
+				if (r < 0)
+					break;
+				continue;
 			}
 			pthread_mutex_lock(&p->lock);
 			if (p->epoch == epoch) {
@@ -260,12 +286,17 @@ int precap_take(struct kiln_volume *v, uint64_t *pending, size_t *npending, stru
 		pthread_mutex_lock(&v->map_lock);
 		valid = e && e->gen == v->write_gen[i];
 		pthread_mutex_unlock(&v->map_lock);
+		/* The caller holds the region lock: no gc can take it after this. */
+		if (valid && e->stored)
+			valid = cs_contains(v->region->cs, e->id);
 		if (!valid || r < 0) {
 			pending[kept++] = i;
 			continue;
 		}
 		memcpy(m->ids[i], e->id, CHUNK_ID_SIZE);
-		if (e->stored_len) {
+		if (e->stored) {
+			c->chunks_data++;
+		} else if (e->stored_len) {
 			bool added = false;
 
 			c->chunks_data++;

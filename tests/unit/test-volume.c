@@ -1022,6 +1022,86 @@ static void test_precapture(void **state)
 	free(model);
 }
 
+/* Overwrite one chunk of a volume's overlay behind the volume's back. */
+static void tamper_overlay(struct unit_store *u, const char *id, uint64_t chunk, uint64_t seed)
+{
+	char rel[64], path[512];
+	uint8_t *junk = malloc(CS);
+	int fd;
+
+	assert_non_null(junk);
+	snprintf(rel, sizeof rel, "volumes/%s.data", id);
+	unit_region_path(u, rel, path, sizeof path);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	unit_fill_random(junk, CS, seed);
+	assert_int_equal(pwrite(fd, junk, CS, (off_t)(chunk * CS)), CS);
+	close(fd);
+	free(junk);
+}
+
+/* A chunk whose bytes the store holds already is taken ahead at once, by
+ * its id alone, quiet or not; one with new bytes waits until it is quiet.
+ * If gc removes the stored chunk before the snapshot, the snapshot reads
+ * the chunk again rather than name a chunk that is gone. */
+static void test_precapture_known_ids(void **state)
+{
+	struct unit_store *u = *state;
+	struct kiln_region *rg = rg_of(state);
+	const uint64_t size = 8 * (uint64_t)CS;
+	uint8_t *model = calloc(1, size), *other = calloc(1, size), *src = malloc(CS);
+	char a[KILN_ID_MAX], b[KILN_ID_MAX], sa[KILN_ID_MAX], sb[KILN_ID_MAX];
+	struct kiln_gc_result gc;
+	struct kiln_snapshot_info si;
+	struct kiln_volume *va, *vb;
+
+	assert_non_null(model);
+	assert_non_null(other);
+	assert_non_null(src);
+	/* volume a's snapshot holds R0 and R1 */
+	create_blank(rg, size, a);
+	va = open_volume(rg, a, KILN_OPEN_WRITE);
+	for (uint64_t i = 0; i < 2; i++) {
+		unit_fill_random(src, CS, 6000 + i);
+		write_model(va, other, src, CS, i * CS);
+	}
+	assert_rc(kiln_volume_snapshot(va, ACCOUNT, NULL, NULL, NULL, sa), 0);
+	assert_rc(kiln_volume_close(va), 0);
+
+	/* volume b writes R0 (stored already) and new bytes N */
+	create_blank(rg, size, b);
+	vb = open_volume(rg, b, KILN_OPEN_WRITE);
+	write_model(vb, model, other, CS, 0);
+	unit_fill_random(src, CS, 6100);
+	write_model(vb, model, src, CS, 3 * (uint64_t)CS);
+	assert_int_equal(precapture(vb), 1);    /* R0 by its id, not quiet yet */
+	assert_int_equal(precapture(vb), 1);    /* N, quiet now */
+	assert_int_equal(precapture(vb), 0);
+	tamper_overlay(u, b, 0, 6200);          /* the snapshot must not read it */
+	assert_rc(kiln_volume_snapshot(vb, ACCOUNT, NULL, NULL, NULL, sb), 0);
+	assert_snapshot_is(rg, sb, model, size);
+	assert_rc(kiln_snapshot_describe(rg, sb, &si), 0);
+	assert_int_equal(si.chunks_data, 2);
+	assert_int_equal(si.chunks_new, 1);
+
+	/* b writes R1, taken ahead by its id; then the only snapshot that had
+	 * R1 goes, and gc with it */
+	write_model(vb, model, other + CS, CS, 5 * (uint64_t)CS);
+	assert_int_equal(precapture(vb), 1);
+	assert_rc(kiln_snapshot_delete(rg, sa), 0);
+	assert_rc(kiln_volume_delete(rg, a), 0);
+	assert_rc(kiln_region_gc(rg, &gc), 0);
+	assert_true(gc.chunks_removed >= 1);
+	assert_rc(kiln_volume_snapshot(vb, ACCOUNT, NULL, NULL, NULL, sb), 0);
+	assert_snapshot_is(rg, sb, model, size);
+	assert_rc(kiln_snapshot_describe(rg, sb, &si), 0);
+	assert_int_equal(si.chunks_new, 1);     /* R1, stored again */
+	assert_rc(kiln_volume_close(vb), 0);
+	free(src);
+	free(other);
+	free(model);
+}
+
 struct race {
 	struct kiln_volume *v;
 	atomic_bool stop;
@@ -1160,6 +1240,7 @@ int main(int argc, char **argv)
 		UNIT_TEST(test_concurrent_writers),
 		UNIT_TEST(test_incremental_snapshot),
 		UNIT_TEST(test_precapture),
+		UNIT_TEST(test_precapture_known_ids),
 		UNIT_TEST(test_precapture_races_writes),
 		UNIT_TEST(test_bug_partial_write_after_crash),
 	};
