@@ -19,7 +19,9 @@
  * writing back what a snapshot has, as a copy of a whole image does for
  * most of its chunks) the record is just that id, and the snapshot only
  * checks, under the region lock that keeps gc away, that the store still
- * has it. A chunk the store lacks is compressed once it is quiet.
+ * has it. A chunk the store lacks is compressed once it is quiet, and
+ * is not hashed again while it is not (a guest rewriting it all the time
+ * would cost a hash a pass).
  *
  * Locks, always in this order: the volume's io_lock, then precap.lock,
  * then map_lock. Compression runs with none of them held, so a snapshot
@@ -46,6 +48,7 @@ struct precap {
 	struct precap_entry **entries;  /* by chunk */
 	uint64_t nchunks;
 	uint32_t *seen;                 /* generation at the last pass */
+	uint8_t *hashed_new;            /* hashed while not quiet, not in the store */
 	size_t bytes;
 	uint64_t epoch;                 /* snapshots taken: older reads are void */
 	uint8_t *data, *out;            /* one batch of chunks, one record */
@@ -74,13 +77,15 @@ static int precap_setup(struct kiln_volume *v)
 	if (p) {
 		p->entries = calloc(n, sizeof *p->entries);
 		p->seen = malloc(n * sizeof *p->seen);
+		p->hashed_new = calloc(n, 1);
 		p->data = malloc((size_t)CAPTURE_BATCH * cs);
 		p->out = malloc(compress_bound(cs));
 	}
-	if (!p || !gen || !p->entries || !p->seen || !p->data || !p->out) {
+	if (!p || !gen || !p->entries || !p->seen || !p->hashed_new || !p->data || !p->out) {
 		if (p) {
 			free(p->entries);
 			free(p->seen);
+			free(p->hashed_new);
 			free(p->data);
 			free(p->out);
 		}
@@ -108,6 +113,7 @@ void precap_free(struct kiln_volume *v)
 		free(p->entries[i]);
 	free(p->entries);
 	free(p->seen);
+	free(p->hashed_new);
 	free(p->data);
 	free(p->out);
 	pthread_mutex_destroy(&p->lock);
@@ -138,6 +144,8 @@ static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64
 			continue;
 		quiet[n] = p->seen[i] == g;
 		p->seen[i] = g;
+		if (!quiet[n] && p->hashed_new[i])
+			continue;
 		idx[n] = i;
 		gen[n] = g;
 		n++;
@@ -244,6 +252,10 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 			if (!e) {
 				if (r < 0)
 					break;
+				pthread_mutex_lock(&p->lock);
+				if (p->epoch == epoch)
+					p->hashed_new[idx[k]] = 1;
+				pthread_mutex_unlock(&p->lock);
 				continue;
 			}
 			pthread_mutex_lock(&p->lock);
@@ -325,5 +337,6 @@ void precap_forget(struct kiln_volume *v)
 	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&p->lock);
 	for (uint64_t i = 0; i < p->nchunks; i++)
 		drop(p, i);
+	memset(p->hashed_new, 0, p->nchunks);
 	p->epoch++;
 }
