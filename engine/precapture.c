@@ -4,24 +4,24 @@
  *
  * A snapshot reads, hashes and compresses every chunk dirty since the
  * last one, with the volume's I/O frozen. A server that holds a volume
- * open for long can do most of that work earlier, for chunks that have
- * gone quiet: it keeps in memory each one's id and compressed record,
- * together with the chunk's write generation when it was read. Every
- * change to a chunk bumps its generation once the new data is in the
- * overlay (set_state() in volume.c), so the snapshot takes a record only
- * if no write completed on its chunk since it was read; a record read
- * while a write was in flight is never taken. Nothing reaches the disk
- * before the snapshot does it, so a crash or a gc has nothing to clean
- * up, and the dirty bits stay the only truth about what changed.
+ * open for long can do most of that work earlier: it keeps in memory each
+ * dirty chunk's id and compressed record, together with the chunk's
+ * write generation when it was read. Every change to a chunk bumps its
+ * generation once the new data is in the overlay (set_state() in
+ * volume.c), so the snapshot takes a record only if no write completed
+ * on its chunk since it was read; a record read while a write was in
+ * flight is never taken. Nothing reaches the disk before the snapshot
+ * does it, so a crash or a gc has nothing to clean up, and the dirty bits
+ * stay the only truth about what changed.
  *
- * Hashing costs a tenth of compressing, so a chunk that is not quiet yet
- * is still read and hashed: if the store holds its id already (a guest
- * writing back what a snapshot has, as a copy of a whole image does for
- * most of its chunks) the record is just that id, and the snapshot only
- * checks, under the region lock that keeps gc away, that the store still
- * has it. A chunk the store lacks is compressed once it is quiet, and
- * is not hashed again while it is not (a guest rewriting it all the time
- * would cost a hash a pass).
+ * A chunk is captured the first time a pass finds it dirty. Written again
+ * after that, it waits until it has gone quiet (no write between two
+ * passes): a chunk the guest keeps rewriting costs one capture per
+ * snapshot, not one per pass. A chunk whose bytes the store holds already
+ * (a guest writing back what a snapshot has, as a copy of a whole new
+ * version of an image does for most of its chunks) costs only a hash: its
+ * record is its id, and the snapshot checks, under the region lock that
+ * keeps gc away, that the store still has it.
  *
  * Locks, always in this order: the volume's io_lock, then precap.lock,
  * then map_lock. Compression runs with none of them held, so a snapshot
@@ -48,7 +48,7 @@ struct precap {
 	struct precap_entry **entries;  /* by chunk */
 	uint64_t nchunks;
 	uint32_t *seen;                 /* generation at the last pass */
-	uint8_t *hashed_new;            /* hashed while not quiet, not in the store */
+	uint8_t *tried;                 /* captured once since the snapshot */
 	size_t bytes;
 	uint64_t epoch;                 /* snapshots taken: older reads are void */
 	uint8_t *data, *out;            /* one batch of chunks, one record */
@@ -77,15 +77,15 @@ static int precap_setup(struct kiln_volume *v)
 	if (p) {
 		p->entries = calloc(n, sizeof *p->entries);
 		p->seen = malloc(n * sizeof *p->seen);
-		p->hashed_new = calloc(n, 1);
+		p->tried = calloc(n, 1);
 		p->data = malloc((size_t)CAPTURE_BATCH * cs);
 		p->out = malloc(compress_bound(cs));
 	}
-	if (!p || !gen || !p->entries || !p->seen || !p->hashed_new || !p->data || !p->out) {
+	if (!p || !gen || !p->entries || !p->seen || !p->tried || !p->data || !p->out) {
 		if (p) {
 			free(p->entries);
 			free(p->seen);
-			free(p->hashed_new);
+			free(p->tried);
 			free(p->data);
 			free(p->out);
 		}
@@ -113,7 +113,7 @@ void precap_free(struct kiln_volume *v)
 		free(p->entries[i]);
 	free(p->entries);
 	free(p->seen);
-	free(p->hashed_new);
+	free(p->tried);
 	free(p->data);
 	free(p->out);
 	pthread_mutex_destroy(&p->lock);
@@ -124,9 +124,10 @@ void precap_free(struct kiln_volume *v)
 }
 
 /* Choose up to max dirty LOCAL chunks from *cursor on that have no valid
- * record; quiet[k]: not written since the last pass. */
+ * record, and were either never captured since the snapshot or not
+ * written since the last pass. */
 static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64_t *idx,
-		     uint32_t *gen, bool *quiet)
+		     uint32_t *gen)
 {
 	struct precap *p = v->precap;
 	size_t n = 0;
@@ -135,6 +136,7 @@ static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64
 	for (; *cursor < v->map->nchunks && n < max; (*cursor)++) {
 		uint64_t i = *cursor;
 		uint32_t g = v->write_gen[i];
+		bool quiet;
 
 		if (!vmap_dirty(v->map, i) || vmap_state(v->map, i) != CHUNK_LOCAL) {
 			p->seen[i] = g;
@@ -142,9 +144,9 @@ static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64
 		}
 		if (p->entries[i] && p->entries[i]->gen == g)
 			continue;
-		quiet[n] = p->seen[i] == g;
+		quiet = p->seen[i] == g;
 		p->seen[i] = g;
-		if (!quiet[n] && p->hashed_new[i])
+		if (!quiet && p->tried[i])
 			continue;
 		idx[n] = i;
 		gen[n] = g;
@@ -153,10 +155,9 @@ static size_t choose(struct kiln_volume *v, uint64_t *cursor, size_t max, uint64
 	return n;
 }
 
-/* The record of one chunk read at generation gen; NULL with *ret_error 0
- * when it is better left for a later pass (new bytes, not quiet yet). */
+/* The record of one chunk read at generation gen. */
 static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *data, uint32_t gen,
-				       bool quiet, int *ret_error)
+				       int *ret_error)
 {
 	struct kiln_store *store = v->region->store;
 	uint32_t cs = v->map->chunk_size;
@@ -173,8 +174,6 @@ static struct precap_entry *make_entry(struct kiln_volume *v, const uint8_t *dat
 	if (!zero) {
 		chunk_hash(store, data, cs, id);
 		have = cs_contains(v->region->cs, id);
-		if (!have && !quiet)
-			return NULL;
 	}
 	if (!zero && !have) {
 		len = compress_chunk(data, cs, p->out, compress_bound(cs), level);
@@ -221,7 +220,6 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 	while (done < max) {
 		uint64_t idx[CAPTURE_BATCH];
 		uint32_t gen[CAPTURE_BATCH];
-		bool quiet[CAPTURE_BATCH];
 		struct io_req reqs[CAPTURE_BATCH];
 		uint64_t epoch;
 		size_t n;
@@ -229,7 +227,7 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 		pthread_rwlock_rdlock(&v->io_lock);
 		pthread_mutex_lock(&p->lock);
 		n = p->bytes < PRECAP_BUDGET ? choose(v, &cursor, MIN(max - done, (size_t)CAPTURE_BATCH),
-						      idx, gen, quiet) : 0;
+						      idx, gen) : 0;
 		for (size_t k = 0; k < n; k++)
 			reqs[k] = (struct io_req){ .fd = v->overlay_fd, .op = IO_READ,
 						   .buf = p->data + k * cs, .len = cs, .off = idx[k] * cs };
@@ -248,18 +246,12 @@ int kiln_volume_precapture(struct kiln_volume *v, size_t max, size_t *ret_done)
 			}
 			/* the volume's last chunk reads short */
 			memset(p->data + k * cs + reqs[k].res, 0, cs - (uint32_t)reqs[k].res);
-			e = make_entry(v, p->data + k * cs, gen[k], quiet[k], &r);
-			if (!e) {
-				if (r < 0)
-					break;
-				pthread_mutex_lock(&p->lock);
-				if (p->epoch == epoch)
-					p->hashed_new[idx[k]] = 1;
-				pthread_mutex_unlock(&p->lock);
-				continue;
-			}
+			e = make_entry(v, p->data + k * cs, gen[k], &r);
+			if (!e)
+				break;
 			pthread_mutex_lock(&p->lock);
 			if (p->epoch == epoch) {
+				p->tried[idx[k]] = 1;
 				drop(p, idx[k]);
 				p->entries[idx[k]] = e;
 				p->bytes += e->stored_len;
@@ -337,6 +329,6 @@ void precap_forget(struct kiln_volume *v)
 	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&p->lock);
 	for (uint64_t i = 0; i < p->nchunks; i++)
 		drop(p, i);
-	memset(p->hashed_new, 0, p->nchunks);
+	memset(p->tried, 0, p->nchunks);
 	p->epoch++;
 }
