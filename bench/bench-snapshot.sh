@@ -415,7 +415,7 @@ table=$(
 		echo "All of kiln's work to that repository (import + snapshot of v1 and v2, then recompress): $(awk -v a="${wall[kiln_full]}" -v b="${wall[kiln_incr]}" -v c="${wall[kiln_recompress]}" 'BEGIN { printf "%.2f", a + b + c }') s; restic's backups of v1 and v2: $(awk -v a="${wall[restic_full]}" -v b="${wall[restic_incr]}" 'BEGIN { printf "%.2f", a + b }') s."
 	fi
 	echo "kiln-nbd's CPU while the changed blocks were written: ${nbd_write_cpu[kiln_nbd_delta]} s capturing ahead," \
-		"${nbd_write_cpu[kiln_nbd_delta_off]} s with --precapture-interval 0 (the difference is the snapshot work done early)."
+		"${nbd_write_cpu[kiln_nbd_delta_off]} s with --precapture-interval 0 (the difference is the snapshot work done early); during the nbdcopy of the whole image, ${nbd_write_cpu[kiln_nbd_copy]} s."
 	if [ "$runs" -gt 1 ]; then
 		echo "Medians of $runs runs; the seconds of each run:"
 		for t in kiln kiln_recompress kiln_restore_rc kiln_nbd_delta kiln_nbd_delta_off kiln_nbd_copy "${tools[@]}"; do
