@@ -1251,6 +1251,7 @@ static int by_place(const void *a, const void *b)
 }
 
 #define MOVE_BATCH 64
+#define MOVE_BUFFERS ((size_t)16 << 20)       /* chunk bytes a batch holds at most */
 
 /* One record on its way to the new pack. */
 struct move {
@@ -1318,6 +1319,15 @@ static void move_batch_free(struct move_batch *b)
 	free(b);
 }
 
+/* Records per batch: fewer for large chunks. */
+static size_t move_batch_size(const struct chunkstore *cs)
+{
+	size_t n = MOVE_BUFFERS / cs->region->store->chunk_size;
+
+	n = MIN(n, (size_t)MOVE_BATCH);
+	return MAX(n, (size_t)2);
+}
+
 static struct move_batch *move_batch_new(struct chunkstore *cs, int level)
 {
 	uint32_t chunk = cs->region->store->chunk_size;
@@ -1328,11 +1338,12 @@ static struct move_batch *move_batch_new(struct chunkstore *cs, int level)
 	b->cs = cs;
 	b->level = level;
 	b->cap = compress_bound(chunk);
-	for (size_t i = 0; i < MOVE_BATCH; i++) {
+	for (size_t i = 0; i < move_batch_size(cs); i++) {
+		/* gc alone moves records as they are: no room to recompress */
 		b->m[i].rec = malloc(RECORD_HEADER_SIZE + (size_t)chunk);
-		b->m[i].raw = malloc(chunk);
-		b->m[i].out = malloc(b->cap);
-		if (!b->m[i].rec || !b->m[i].raw || !b->m[i].out) {
+		b->m[i].raw = level ? malloc(chunk) : NULL;
+		b->m[i].out = level ? malloc(b->cap) : NULL;
+		if (!b->m[i].rec || (level && (!b->m[i].raw || !b->m[i].out))) {
 			move_batch_free(b);
 			return NULL;
 		}
@@ -1355,7 +1366,7 @@ static int append_moved(struct chunkstore *cs, const struct move *m)
 	return 0;
 }
 
-/* Read, recompress (on the pool) and append up to MOVE_BATCH records. */
+/* Read, recompress (on the pool) and append a batch of records. */
 static int move_records(struct chunkstore *cs, struct move_batch *b, struct pending **ls, size_t n,
 			uint64_t *ret_recompressed)
 {
@@ -1449,7 +1460,7 @@ int cs_compact(struct chunkstore *cs, int level,
 	qsort(live, nlive, sizeof *live, by_place);
 
 	/* Move the live records out of every pack that holds a dead or a
-	 * weak one, MOVE_BATCH at a time so the pool compresses in parallel. */
+	 * weak one, a batch at a time so the pool compresses in parallel. */
 	for (size_t i = 0; i <= nlive; i++) {
 		if (i < nlive) {
 			struct pack_usage *u = live[i].loc.pack < nusage ? &usage[live[i].loc.pack] : NULL;
@@ -1457,7 +1468,7 @@ int cs_compact(struct chunkstore *cs, int level,
 			if (!u || (u->dead == 0 && u->weak == 0) || live[i].loc.pack >= first_new)
 				continue;
 			ls[nls++] = &live[i];
-			if (nls < MOVE_BATCH)
+			if (nls < move_batch_size(cs))
 				continue;
 		}
 		if (nls == 0)
