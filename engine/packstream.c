@@ -31,8 +31,9 @@
  *   store's pack descriptors (which changes whenever gc may have reused a
  *   number), and every byte served from them is checked by the caller
  *   (record header, chunk id) like any other read.
- * - At most PS_STREAMS threads hold windows at a time (each holds
- *   PS_WINDOWS * PS_WINDOW bytes until it ends); others read buffered. */
+ * - A thread gets its windows when it first streams, and keeps them
+ *   (PS_WINDOWS * PS_WINDOW bytes and a ring per window) until it ends;
+ *   at most PS_STREAMS threads hold them at a time, others read buffered. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,7 @@
 #ifndef PS_WINDOWS
 #define PS_WINDOWS 4
 #endif
-#define PS_STREAMS 16
+#define PS_STREAMS 8
 #define PS_SEEN 4096
 /* Window buffers are made of huge pages where the kernel has them: a
  * direct read into 4 KiB pages is cut into requests of at most
@@ -192,30 +193,35 @@ static void ps_make_key(void)
 	pthread_key_create(&ps_key, ps_free);
 }
 
-/* This thread's stream; NULL when there is no room for another. */
+/* This thread's stream state; its buffers come with ps_enable(). */
 static struct packstream *ps_get(void)
 {
 	struct packstream *s;
-	bool ok = true;
 
 	pthread_once(&ps_once, ps_make_key);
 	s = pthread_getspecific(ps_key);
 	if (s)
-		return s->enabled ? s : NULL;
+		return s;
 	s = calloc(1, sizeof *s);
-	if (!s)
-		return NULL;
-	if (pthread_setspecific(ps_key, s) != 0) {
+	if (s && pthread_setspecific(ps_key, s) != 0) {
 		free(s);
 		return NULL;
 	}
-	/* Over the limit, the thread keeps a disabled stream: it reads
-	 * buffered from then on. */
+	return s;
+}
+
+/* Give the stream its windows, the first time it needs them: false when
+ * PS_STREAMS threads hold theirs already, or memory is short. */
+static bool ps_enable(struct packstream *s)
+{
+	bool ok = true;
+
+	if (s->enabled)
+		return true;
 	if (__atomic_add_fetch(&ps_streams, 1, __ATOMIC_RELAXED) > PS_STREAMS) {
 		__atomic_fetch_sub(&ps_streams, 1, __ATOMIC_RELAXED);
-		return NULL;
+		return false;
 	}
-	s->enabled = true;
 	for (int i = 0; i < PS_WINDOWS; i++) {
 		s->w[i].buf = aligned_alloc(PS_HUGE, PS_WINDOW);
 		if (s->w[i].buf)
@@ -230,11 +236,11 @@ static struct packstream *ps_get(void)
 			s->w[i].q = NULL;
 			s->w[i].buf = NULL;
 		}
-		s->enabled = false;
 		__atomic_fetch_sub(&ps_streams, 1, __ATOMIC_RELAXED);
-		return NULL;
+		return false;
 	}
-	return s;
+	s->enabled = true;
+	return true;
 }
 
 /* Is most of [off, off + len) of the pack in the page cache already? */
@@ -356,7 +362,8 @@ int packstream_read(uint64_t gen, uint32_t pack, int fd, uint64_t off, uint32_t 
 
 		if (off < s->buffered_end)
 			return 0;
-		if (ps_cached(fd, woff, PS_WINDOW) || !ps_direct(gen, pack, woff, true)) {
+		if (ps_cached(fd, woff, PS_WINDOW) || !ps_enable(s) ||
+		    !ps_direct(gen, pack, woff, true)) {
 			s->buffered_end = woff + PS_WINDOW;
 			return 0;
 		}
