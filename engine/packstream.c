@@ -14,10 +14,11 @@
  * the current one are in flight while the records of the current one are
  * decoded. A record that spans two windows is copied together.
  *
- * - The first read of a pack, and any read that does not go forward from
- *   the one before, is left to the caller's buffered read; it also drops
- *   the windows. So bytes are served from a window only to a reader
- *   moving forward through it, shortly after they were read.
+ * - Until a thread has read PS_RUN records back to back, and for any read
+ *   that does not go forward, records are left to the caller's buffered
+ *   read; a read that does not go forward also drops the windows. So
+ *   bytes are served from a window only to a reader moving forward
+ *   through it, shortly after they were read.
  * - Windows the page cache holds already (cachestat()) are left to the
  *   caller too, so packs that are warm stay as fast as they were.
  * - Read twice, a window goes through the page cache: the first pass
@@ -51,6 +52,9 @@
 #endif
 #define PS_STREAMS 8
 #define PS_SEEN 4096
+/* Records read back to back before the windows start: two random reads
+ * that happen to go forward must not cost PS_WINDOWS windows of reading. */
+#define PS_RUN 4
 /* Window buffers are made of huge pages where the kernel has them: a
  * direct read into 4 KiB pages is cut into requests of at most
  * max_segments pages (254 on virtio-blk, under 1 MiB), and the bench
@@ -90,6 +94,7 @@ struct packstream {
 	int fd;                 /* the pack, opened O_DIRECT */
 	uint64_t last_end;      /* end of the last record read, when seq */
 	bool seq;
+	unsigned run;           /* records read back to back, up to PS_RUN */
 	uint64_t buffered_end;  /* records before this are read buffered */
 	/* w[cur] is the window being read from; the ones after it (in
 	 * ring order) cover the pack after it, each PS_WINDOW on. */
@@ -345,6 +350,10 @@ int packstream_read(uint64_t gen, uint32_t pack, int fd, uint64_t off, uint32_t 
 		s->fd = fd;
 	}
 	forward = s->seq && off >= s->last_end && off - s->last_end <= PS_WINDOW;
+	if (s->seq && off == s->last_end)
+		s->run += s->run < PS_RUN;
+	else
+		s->run = 0;
 	s->seq = true;
 	s->last_end = end;
 	if (!forward) {
@@ -360,7 +369,7 @@ int packstream_read(uint64_t gen, uint32_t pack, int fd, uint64_t off, uint32_t 
 		 * readahead.) */
 		uint64_t woff = off / PS_WINDOW * PS_WINDOW;
 
-		if (off < s->buffered_end)
+		if (off < s->buffered_end || s->run < PS_RUN)
 			return 0;
 		if (ps_cached(fd, woff, PS_WINDOW) || !ps_enable(s) ||
 		    !ps_direct(gen, pack, woff, true)) {
