@@ -125,9 +125,10 @@ static struct ps_seen *ps_seen_slot(uint64_t gen, uint64_t key)
 }
 
 /* Should the window at off (a multiple of PS_WINDOW) that the page cache
- * does not hold be read direct? Yes the first time, and after a buffered
- * read of it was evicted; a second read is buffered. With commit unset,
- * only a yes is recorded. */
+ * does not hold be read direct? Yes the first time, and after its pages
+ * were seen in the page cache (a buffered read of it was evicted since,
+ * or dropped); a second read is buffered. With commit unset, only a yes
+ * is recorded. */
 static bool ps_direct(uint64_t gen, uint32_t pack, uint64_t off, bool commit)
 {
 	uint64_t key = (uint64_t)pack << 32 | off / PS_WINDOW;
@@ -142,6 +143,15 @@ static bool ps_direct(uint64_t gen, uint32_t pack, uint64_t off, bool commit)
 	}
 	*e = (struct ps_seen){ gen, key, PS_DIRECT };
 	return true;
+}
+
+/* The window at off was found in the page cache. */
+static void ps_buffered(uint64_t gen, uint32_t pack, uint64_t off)
+{
+	uint64_t key = (uint64_t)pack << 32 | off / PS_WINDOW;
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&ps_seen_lock);
+
+	*ps_seen_slot(gen, key) = (struct ps_seen){ gen, key, PS_BUFFERED };
 }
 
 uint64_t packstream_new_gen(void)
@@ -371,8 +381,15 @@ int packstream_read(uint64_t gen, uint32_t pack, int fd, uint64_t off, uint32_t 
 
 		if (off < s->buffered_end || s->run < PS_RUN)
 			return 0;
-		if (ps_cached(fd, woff, PS_WINDOW) || !ps_enable(s) ||
-		    !ps_direct(gen, pack, woff, true)) {
+		if (ps_cached(fd, woff, PS_WINDOW)) {
+			/* The kernel's readahead for a buffered reader runs
+			 * ahead of it: so windows of a second pass are often
+			 * cached by the time the reader gets there. */
+			ps_buffered(gen, pack, woff);
+			s->buffered_end = woff + PS_WINDOW;
+			return 0;
+		}
+		if (!ps_enable(s) || !ps_direct(gen, pack, woff, true)) {
 			s->buffered_end = woff + PS_WINDOW;
 			return 0;
 		}
