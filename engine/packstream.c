@@ -59,8 +59,8 @@
  * direct read into 4 KiB pages is cut into requests of at most
  * max_segments pages (254 on virtio-blk, under 1 MiB), and the bench
  * machine's disk serves a few large requests much faster than many
- * smaller ones (2 MiB reads, two streams: 1.0 to 1.4 GB/s; requests of
- * under 1 MiB: 0.75 to 0.9). */
+ * smaller ones (cold nbdcopy with 2 MiB windows of 4 KiB pages: 814 to
+ * 1045 MB/s; of huge pages: 942 to 1347). */
 #define PS_HUGE ((size_t)2 << 20)
 
 #ifndef __NR_cachestat
