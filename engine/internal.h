@@ -79,6 +79,18 @@ int io_queue_start(struct io_queue *q, struct io_req *reqs, size_t n);
 int io_queue_finish(struct io_queue *q);
 const char *io_backend_name(void);
 
+/* ---- packstream.c: in-order reads of a pack, with O_DIRECT ---------- */
+
+/* A new generation for a chunk store's pack descriptors. */
+uint64_t packstream_new_gen(void);
+/* Serve the record [off, off + len) of a pack (its number, the store's
+ * descriptor generation, and the pack opened O_DIRECT, or -1) from this
+ * thread's windows, when the thread reads that pack in order and the page
+ * cache does not hold it. Returns 1 with *ret_rec (valid until the
+ * thread's next read), 0 when the caller should read the record itself,
+ * or -errno. */
+int packstream_read(uint64_t gen, uint32_t pack, int fd, uint64_t off, uint32_t len, uint8_t **ret_rec);
+
 /* ---- pool.c: a small pool of worker threads sized to the cores ------- */
 
 /* Call fn(arg, i) for i in [0, n) on the pool; the caller works too. */

@@ -636,10 +636,16 @@ static int plan_read(struct kiln_volume *v, struct io_plan *pl, void *buf, uint6
 			break;
 		}
 		case CHUNK_BASE:
-			r = cs_read(v->region->cs, v->parent->ids[i], pl->scratch, cs);
+			/* A whole chunk is decoded in place, part of one by way
+			 * of the scratch buffer. */
+			if (pos == cstart && e - pos == cs)
+				r = cs_read(v->region->cs, v->parent->ids[i], dst, cs);
+			else
+				r = cs_read(v->region->cs, v->parent->ids[i], pl->scratch, cs);
 			if (r < 0)
 				return r;
-			memcpy(dst, pl->scratch + (pos - cstart), e - pos);
+			if (!(pos == cstart && e - pos == cs))
+				memcpy(dst, pl->scratch + (pos - cstart), e - pos);
 			break;
 		}
 		pos = e;

@@ -10,6 +10,7 @@
 #include "unit.h"
 
 #include <dirent.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -1094,6 +1095,94 @@ static void test_recompress_corrupt_chunk(void **state)
 	free(c);
 }
 
+static int fdatasync_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		return -errno;
+	r = fdatasync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return r;
+}
+
+/* Pages of the file in the page cache, after asking the kernel to drop
+ * them when drop is set. */
+static size_t cached_pages(const char *path, bool drop)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	off_t size = unit_file_size(path);
+	size_t pages = ((size_t)size + 4095) / 4096, n = 0;
+	unsigned char *vec = malloc(pages);
+	void *map;
+
+	assert_true(fd >= 0);
+	assert_non_null(vec);
+	if (drop)
+		assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	map = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(map != MAP_FAILED);
+	assert_int_equal(mincore(map, (size_t)size, vec), 0);
+	for (size_t i = 0; i < pages; i++)
+		n += vec[i] & 1;
+	munmap(map, (size_t)size);
+	free(vec);
+	close(fd);
+	return n;
+}
+
+/* A reader going forward through a cold pack is served from windows
+ * read with O_DIRECT (packstream.c): every chunk reads back, records
+ * across window boundaries too, without filling the page cache; a second
+ * pass fills it; a damaged record is still -EBADMSG; a reader going back
+ * reads the pack as it is now. */
+static void test_stream_read(void **state)
+{
+	struct unit_store *u = *state;
+	const size_t n = 700;       /* about 6 MiB of pack: several windows */
+	struct chunk *c = make_chunks(u, n, 900);
+	const size_t j = n / 2 + 1; /* a raw record */
+	struct chunk_loc loc;
+	char path[256];
+	size_t before;
+
+	store_chunks(cs_of(u), c, n);
+	loc = lookup(cs_of(u), &c[0]);
+	pack_path(u, loc.pack, path, sizeof path);
+	assert_int_equal(lookup(cs_of(u), &c[n - 1]).pack, loc.pack);
+
+	before = cached_pages(path, true);
+	for (size_t i = 0; i < n; i++)
+		assert_reads_back(cs_of(u), &c[i]);
+	/* Only where the kernel can drop the pack's pages (not tmpfs) does
+	 * the page cache say which way the reads went. */
+	if (before == 0)
+		assert_true(cached_pages(path, false) * 4096 < (size_t)unit_file_size(path) / 4);
+	for (size_t i = 0; i < n; i++)
+		assert_reads_back(cs_of(u), &c[i]);
+	if (before == 0)
+		assert_true(cached_pages(path, false) * 4096 > (size_t)unit_file_size(path) / 2);
+
+	loc = lookup(cs_of(u), &c[j]);
+	assert_false(loc.flags & CS_FLAG_ZSTD);
+	flip_byte(path, (off_t)(loc.offset + RECORD_HEADER_SIZE + 100));
+	reopen_region(u);           /* as another process would: read direct */
+	assert_rc(fdatasync_path(path), 0);
+	cached_pages(path, true);
+	for (size_t i = 0; i < n; i++) {
+		if (i == j)
+			assert_read_fails(cs_of(u), &c[i], -EBADMSG);
+		else
+			assert_reads_back(cs_of(u), &c[i]);
+	}
+	/* Mended behind the reader: going back reads it as it is. */
+	flip_byte(path, (off_t)(loc.offset + RECORD_HEADER_SIZE + 100));
+	assert_reads_back(cs_of(u), &c[j]);
+	assert_reads_back(cs_of(u), &c[j + 1]);
+	assert_reads_back(cs_of(u), &c[0]);
+	free(c);
+}
+
 static void test_ids_are_keyed(void **state)
 {
 	struct unit_store *u = *state;
@@ -1145,6 +1234,7 @@ int main(void)
 		UNIT_TEST(test_level_in_flags),
 		UNIT_TEST(test_recompress),
 		UNIT_TEST(test_recompress_corrupt_chunk),
+		UNIT_TEST(test_stream_read),
 		UNIT_TEST(test_ids_are_keyed),
 	};
 
