@@ -72,6 +72,38 @@ uri_file="nbd+unix:///?socket=$work/file.sock"
 uri_cow="nbd+unix:///?socket=$work/cow.sock"
 uri_qemu="nbd+unix:///?socket=$work/qemu.sock"
 
+# nbdcopy whole export -> null, MB/s
+copy_rate() {
+	local start end
+	start=$(date +%s.%N)
+	nbdcopy --no-extents "$1" null: 2>/dev/null
+	end=$(date +%s.%N)
+	echo "$(numfmt --from=iec "$size") $start $end" | awk '{printf "%.0f", $1 / ($3 - $2) / 1e6}'
+}
+median3() { tr ' ' '\n' <<<"$*" | sort -n | sed -n 2p; }
+
+# Cold reads first, before fio's jobs leave the disk busy writing back:
+# three times, each a fresh CoW volume (no chunk copied up) in a fresh
+# kiln-nbd, with the page cache dropped; and, right after each, nbdkit
+# file's raw image read cold, as what the disk gives at that moment.
+echo "cold sequential reads (3 runs)..."
+cold_kiln="" cold_file=""
+for run in 1 2 3; do
+	vol_cold=$("$KILN" volume create --snapshot-id "$snap")
+	"$KILN_NBD" --unix "$work/cold$run.sock" --pidfile "$work/cold$run.pid" --foreground --export "$vol_cold" &
+	cold_pid=$!
+	pids+=($cold_pid)
+	wait_for "$work/cold$run.pid"
+	sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+	cold_kiln+="$(copy_rate "nbd+unix:///$vol_cold?socket=$work/cold$run.sock") "
+	kill "$cold_pid"; wait "$cold_pid" || true
+	sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+	cold_file+="$(copy_rate "$uri_file") "
+done
+copy_kiln_cold=$(median3 $cold_kiln)
+copy_file_cold=$(median3 $cold_file)
+echo "  cold: kiln-nbd CoW volume $cold_kiln MB/s; nbdkit file $cold_file MB/s"
+
 # fio JOB URI -> "MB/s IOPS"
 run_fio() {
 	local rw=$1 bs=$2 qd=$3 uri=$4 extra=""
@@ -102,18 +134,6 @@ for p in "${patterns[@]}"; do
 	done
 done
 
-# nbdcopy whole export -> null, MB/s
-copy_rate() {
-	local start end
-	start=$(date +%s.%N)
-	nbdcopy --no-extents "$1" null: 2>/dev/null
-	end=$(date +%s.%N)
-	echo "$(numfmt --from=iec "$size") $start $end" | awk '{printf "%.0f", $1 / ($3 - $2) / 1e6}'
-}
-# A fresh cold CoW volume for the nbdcopy read, so no chunk was copied up.
-vol_cold=$("$KILN" volume create --snapshot-id "$snap")
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-copy_kiln_cold=$(copy_rate "nbd+unix:///$vol_cold?socket=$work/kiln.sock")
 copy_kiln_local=$(copy_rate "$uri_kiln_local")
 copy_file=$(copy_rate "$uri_file")
 
@@ -130,7 +150,8 @@ table=$(
 		echo "| $1 $2 QD$3 ($4) | $($f $1 kiln_local) | $($f $1 kiln_cow) | $($f $1 file) | $($f $1 cow) | $($f $1 qemu) | $(ratio "$($f $1 kiln_local)" "$($f $1 file)") | $(ratio "$($f $1 kiln_cow)" "$($f $1 cow)") | $(ratio "$($f $1 kiln_cow)" "$($f $1 qemu)") |"
 	done
 	echo
-	echo "nbdcopy --no-extents to null: kiln-nbd cold CoW volume (chunks in packs, caches dropped) $copy_kiln_cold MB/s; kiln-nbd volume $copy_kiln_local MB/s; nbdkit file $copy_file MB/s (ratio $(ratio "$copy_kiln_local" "$copy_file"))."
+	echo "nbdcopy --no-extents to null, cold (page cache dropped, before the fio jobs; median of 3, each a fresh CoW volume in a fresh kiln-nbd): kiln-nbd CoW volume, chunks in packs, $copy_kiln_cold MB/s (runs: ${cold_kiln% }); nbdkit file on the raw image $copy_file_cold MB/s (runs: ${cold_file% }); ratio $(ratio "$copy_kiln_cold" "$copy_file_cold")."
+	echo "nbdcopy --no-extents to null, warm (after the fio jobs): kiln-nbd volume $copy_kiln_local MB/s; nbdkit file $copy_file MB/s (ratio $(ratio "$copy_kiln_local" "$copy_file"))."
 )
 echo
 echo "$table"
