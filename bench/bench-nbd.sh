@@ -84,8 +84,12 @@ median3() { tr ' ' '\n' <<<"$*" | sort -n | sed -n 2p; }
 
 # Cold reads first, before fio's jobs leave the disk busy writing back:
 # three times, each a fresh CoW volume (no chunk copied up) in a fresh
-# kiln-nbd, with the page cache dropped; and, right after each, nbdkit
-# file's raw image read cold, as what the disk gives at that moment.
+# kiln-nbd, with the packs out of the page cache; and, right after each,
+# nbdkit's cow filter with nothing written yet, which reads the raw image
+# cold, as what the disk gives at that moment. Only those files leave the
+# page cache: a global drop would make the volumes' overlays come back by
+# readahead, in large folios, which slows the random writes after.
+uncache() { sync; for f in "$@"; do dd if="$f" iflag=nocache count=0 status=none; done; }
 echo "cold sequential reads (3 runs)..."
 cold_kiln="" cold_file=""
 for run in 1 2 3; do
@@ -94,15 +98,15 @@ for run in 1 2 3; do
 	cold_pid=$!
 	pids+=($cold_pid)
 	wait_for "$work/cold$run.pid"
-	sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+	uncache "$KILN_STORE"/regions/us-east-1/packs/*.pack
 	cold_kiln+="$(copy_rate "nbd+unix:///$vol_cold?socket=$work/cold$run.sock") "
 	kill "$cold_pid"; wait "$cold_pid" || true
-	sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-	cold_file+="$(copy_rate "$uri_file") "
+	uncache "$work/base.raw"
+	cold_file+="$(copy_rate "$uri_cow") "
 done
 copy_kiln_cold=$(median3 $cold_kiln)
 copy_file_cold=$(median3 $cold_file)
-echo "  cold: kiln-nbd CoW volume $cold_kiln MB/s; nbdkit file $cold_file MB/s"
+echo "  cold: kiln-nbd CoW volume $cold_kiln MB/s; nbdkit cow, raw image $cold_file MB/s"
 
 # fio JOB URI -> "MB/s IOPS"
 run_fio() {
@@ -150,7 +154,7 @@ table=$(
 		echo "| $1 $2 QD$3 ($4) | $($f $1 kiln_local) | $($f $1 kiln_cow) | $($f $1 file) | $($f $1 cow) | $($f $1 qemu) | $(ratio "$($f $1 kiln_local)" "$($f $1 file)") | $(ratio "$($f $1 kiln_cow)" "$($f $1 cow)") | $(ratio "$($f $1 kiln_cow)" "$($f $1 qemu)") |"
 	done
 	echo
-	echo "nbdcopy --no-extents to null, cold (page cache dropped, before the fio jobs; median of 3, each a fresh CoW volume in a fresh kiln-nbd): kiln-nbd CoW volume, chunks in packs, $copy_kiln_cold MB/s (runs: ${cold_kiln% }); nbdkit file on the raw image $copy_file_cold MB/s (runs: ${cold_file% }); ratio $(ratio "$copy_kiln_cold" "$copy_file_cold")."
+	echo "nbdcopy --no-extents to null, cold (the files read evicted from the page cache, before the fio jobs; median of 3, each a fresh CoW volume in a fresh kiln-nbd): kiln-nbd CoW volume, chunks in packs, $copy_kiln_cold MB/s (runs: ${cold_kiln% }); nbdkit (cow filter, nothing written) on the raw image $copy_file_cold MB/s (runs: ${cold_file% }); ratio $(ratio "$copy_kiln_cold" "$copy_file_cold")."
 	echo "nbdcopy --no-extents to null, warm (after the fio jobs): kiln-nbd volume $copy_kiln_local MB/s; nbdkit file $copy_file MB/s (ratio $(ratio "$copy_kiln_local" "$copy_file"))."
 )
 echo
