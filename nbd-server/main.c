@@ -277,9 +277,9 @@ static void usage(FILE *f, int status)
 		"  --pidfile FILE       write the server's pid once it accepts connections\n"
 		"  --exit-with-parent   exit when the parent process exits\n"
 		"  --precapture-interval MS\n"
-		"                       every MS ms, hash and compress the dirty chunks not\n"
-		"                       written since the last time, so snapshots have less\n"
-		"                       to do (default 250; 0: off)\n"
+		"                       every MS ms, hash and compress dirty chunks (once\n"
+		"                       each; again only once quiet), so snapshots have\n"
+		"                       less to do (default 250; 0: off)\n"
 		"  -v, --verbose        debug messages on stderr\n"
 		"  --help               this text\n");
 	exit(status);

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* precapture.c: a background thread that does the next snapshot's work
  * early. Every interval it asks each open writable export's volume to
- * capture the dirty chunks that were not written since the last pass
- * (kiln_volume_precapture), so that `kiln snapshot create` only has to
- * read the chunks written in the last moments, and the volume's I/O is
- * frozen for less time. It runs at a lower priority than the threads
- * that serve requests. */
+ * capture its dirty chunks (kiln_volume_precapture: each once, and one
+ * written again only when it has gone quiet), so that `kiln snapshot
+ * create` only has to read the chunks written in the last moments, and
+ * the volume's I/O is frozen for less time. It runs at a lower priority
+ * than the threads that serve requests. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
