@@ -6,7 +6,8 @@
 # that cannot be images; a truncated pack leaves new data snapshottable;
 # a full disk (root only: a 64 MiB ext4 on a loop device) fails the import
 # with "No space left" and leaves the store verified, exportable and
-# reclaimable.
+# reclaimable; store recompress on it either fits or says so, changing
+# nothing.
 source "$(dirname "$0")/functions.sh"
 requires openssl cmp sha256sum
 
@@ -286,6 +287,29 @@ expect_fail kiln snapshot create "$big"
 assert_eq "$(snapshot_ids)" "$snap"$'\n'"$snapx" "snapshots after failing for want of space"
 verify_clean
 cmp_snapshot "$snap" "$small"
+# recompress needs room for the packs it writes before it deletes the
+# old ones: on a full disk it either fits (the reserve given back) or
+# fails saying so, and in both cases every snapshot stays whole
+(cd "$KILN_STORE/regions/us-east-1" && sha256sum index packs/*) >"$TMPDIR/packs.before"
+store_state "$TMPDIR/before"
+rc=0
+kiln store recompress --region us-east-1 >/dev/null 2>"$TMPDIR/.stderr" || rc=$?
+if [ $rc -eq 0 ]; then
+	echo "recompress on a full disk: done (it fit)"
+	kiln store recompress --region us-east-1 --output json >"$TMPDIR/rc.json"
+	assert_eq "$(json "$TMPDIR/rc.json" "j['ChunksRecompressed']")" 0 "chunks left to recompress after it fit"
+else
+	[[ $(cat "$TMPDIR/.stderr") == *"No space left"* ]] ||
+		fail "recompress on a full disk: exit $rc: $(cat "$TMPDIR/.stderr")"
+	echo "recompress on a full disk: refused: $(cat "$TMPDIR/.stderr")"
+	(cd "$KILN_STORE/regions/us-east-1" && sha256sum index packs/*) >"$TMPDIR/packs.after"
+	cmp -s "$TMPDIR/packs.before" "$TMPDIR/packs.after" || fail "a failed recompress changed the packs"
+	store_state "$TMPDIR/after"
+	cmp -s "$TMPDIR/before" "$TMPDIR/after" || fail "a failed recompress changed the store"
+fi
+verify_clean
+cmp_snapshot "$snap" "$small"
+cmp_snapshot "$snapx" "$small"
 # the way out of a full disk: delete what filled it, collect garbage
 rc=0
 kiln snapshot delete "$snapx" 2>"$TMPDIR/.stderr" || rc=$?
