@@ -275,6 +275,8 @@ static int ps_start(struct packstream *s, struct ps_window *w, uint64_t off)
 	int r;
 
 	ps_release(w);
+	if (!w->q)
+		return -ENOMEM;         /* a failed start left it without a queue */
 	w->off = off;
 	w->req = (struct io_req){ .fd = s->fd, .op = IO_READ, .buf = w->buf, .len = PS_WINDOW,
 				  .off = off };
