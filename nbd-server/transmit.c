@@ -121,6 +121,20 @@ struct tx {
 
 static uint8_t zero_buf[1 << 20];
 
+/* Step past done bytes of an iovec array, after a short writev. */
+static void iov_advance(struct iovec **iov, int *n, size_t done)
+{
+	while (*n > 0 && done >= (*iov)->iov_len) {
+		done -= (*iov)->iov_len;
+		(*iov)++;
+		(*n)--;
+	}
+	if (*n > 0) {
+		(*iov)->iov_base = (uint8_t *)(*iov)->iov_base + done;
+		(*iov)->iov_len -= done;
+	}
+}
+
 /* ---- I/O on the ring (or plain syscalls where io_uring is missing) --- */
 
 static ssize_t ring_read(struct tx *t, void *buf, size_t len)
@@ -177,15 +191,7 @@ static int ring_writev(struct tx *t, struct iovec *iov, int n)
 			continue;
 		if (done <= 0)
 			return done < 0 ? (int)done : -EPIPE;
-		while (n > 0 && (size_t)done >= iov->iov_len) {
-			done -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + done;
-			iov->iov_len -= (size_t)done;
-		}
+		iov_advance(&iov, &n, (size_t)done);
 	}
 	return 0;
 }
@@ -608,15 +614,7 @@ static int send_all(int fd, struct iovec *iov, int n)
 			continue;
 		if (done <= 0)
 			return done < 0 ? -errno : -EPIPE;
-		while (n > 0 && (size_t)done >= iov->iov_len) {
-			done -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + done;
-			iov->iov_len -= (size_t)done;
-		}
+		iov_advance(&iov, &n, (size_t)done);
 	}
 	return 0;
 }
