@@ -5,8 +5,12 @@
 # v1: a raw disk (default 2 GiB) with an MBR partition table (sfdisk) and
 #     one ext4 partition from 1 MiB to the end, holding a Debian bookworm
 #     root file system made with `debootstrap --variant=minbase` from this
-#     machine's apt mirror; the rest of the file system is free space. The
-#     ext4 is populated without mounting (mke2fs -d at the partition offset).
+#     machine's apt mirror, with a kernel and systemd as a machine image
+#     has them (--include=linux-image-amd64,systemd-sysv: about 770 MiB, so
+#     that a 2 GiB image has about 62% zero 64 KiB chunks, as the images
+#     the peers were first measured on); the rest of the file system is
+#     free space. The ext4 is populated without mounting (mke2fs -d at the
+#     partition offset).
 # v2: v1 after a package installation: a few .debs (fetched once with
 #     `apt-get download`) unpacked into it, dpkg's status and file lists,
 #     dpkg.log, passwd/group/shadow rewritten — about 2% of its 4 KiB blocks
@@ -29,7 +33,7 @@ export LC_ALL=C
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${KILN_BENCH_CACHE:-$here/.cache}
-recipe=r1               # bump when the recipe changes: old images are not reused
+recipe=r2               # bump when the recipe changes: old images are not reused
 size=
 small=false
 force=false
@@ -69,7 +73,7 @@ flock 9                                        # one builder at a time
 if $small; then
 	name=$recipe-small-$size
 else
-	name=$recipe-bookworm-minbase-$size
+	name=$recipe-bookworm-$size
 fi
 v1=$cache/$name-v1.raw
 v2=$cache/$name-v2.raw
@@ -119,8 +123,10 @@ mirror() {
 # ---- the two file trees ----------------------------------------------------
 
 # The Debian root file system: made once, kept in the cache.
+rootfs_pkgs=linux-image-amd64,systemd-sysv
+rootfs_pkgs_tag=minbase-kernel-systemd
 debian_rootfs() {
-	local root=$cache/rootfs-bookworm-minbase url
+	local root=$cache/rootfs-bookworm-$rootfs_pkgs_tag url
 	if [ ! -d "$root" ]; then
 		if [ "$(id -u)" != 0 ]; then
 			log "debootstrap needs root (or a cache that already holds $root)"
@@ -128,10 +134,11 @@ debian_rootfs() {
 		fi
 		command -v debootstrap >/dev/null || { log "debootstrap is missing"; exit 1; }
 		url=$(mirror)
-		log "debootstrap --variant=minbase bookworm from $url (about a minute)"
+		log "debootstrap --variant=minbase --include=$rootfs_pkgs bookworm from $url (a minute or two)"
 		rm -rf "$cache/.rootfs.tmp"
 		mkdir -p "$cache/debs-bootstrap"
-		debootstrap --variant=minbase --cache-dir="$cache/debs-bootstrap" bookworm \
+		debootstrap --variant=minbase --include="$rootfs_pkgs" \
+			--cache-dir="$cache/debs-bootstrap" bookworm \
 			"$cache/.rootfs.tmp" "$url" >"$work/debootstrap.log" 2>&1 ||
 			{ tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
 		mv "$cache/.rootfs.tmp" "$root"
@@ -311,7 +318,7 @@ else
 	log "building the $size images (v1: debootstrap tree, v2: + $(ls "$debs"/*.deb | wc -l) packages)"
 	make_v1 "$rootfs" "$work/v1.raw"
 	make_v2_debian "$work/v1.raw" "$work/v2.raw" "$rootfs" "$debs"
-	desc="$size raw, MBR, one ext4 partition (1 MiB to the end) with debootstrap --variant=minbase bookworm ($(du -sh "$rootfs" | cut -f1)); v2 = v1 + $(ls "$debs"/*.deb | sed 's|.*/||; s|_.*||' | tr '\n' ' ' | sed 's/ $//') unpacked, dpkg status/lists, dpkg.log, passwd/group/shadow rewritten (debugfs)"
+	desc="$size raw, MBR, one ext4 partition (1 MiB to the end) with debootstrap --variant=minbase --include=$rootfs_pkgs bookworm ($(du -sh "$rootfs" | cut -f1)); v2 = v1 + $(ls "$debs"/*.deb | sed 's|.*/||; s|_.*||' | tr '\n' ' ' | sed 's/ $//') unpacked, dpkg status/lists, dpkg.log, passwd/group/shadow rewritten (debugfs)"
 fi
 for v in v1 v2; do
 	e2fsck -fn "$work/$v.raw?offset=$part_start" >"$work/fsck.log" 2>&1 ||
