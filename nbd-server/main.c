@@ -139,6 +139,7 @@ static void stop_connections(void)
 static int listen_unix(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
 	int fd;
 
 	if (strlen(path) >= sizeof sa.sun_path) {
@@ -149,13 +150,46 @@ static int listen_unix(const char *path)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	unlink(path);
+	/* Replace only a stale socket: never another file, and never the
+	 * socket of a server that still answers there. */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			server_error("%s: exists and is not a socket", path);
+			close(fd);
+			return -1;
+		}
+		if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+			server_error("%s: another server is listening there", path);
+			close(fd);
+			return -1;
+		}
+		close(fd);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -1;
+		unlink(path);
+	}
 	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, SOMAXCONN) < 0) {
 		server_error("%s: %m", path);
 		close(fd);
 		return -1;
 	}
 	return fd;
+}
+
+/* A TCP port, 1 to 65535, in decimal; -1 for anything else. */
+static int parse_port(const char *s)
+{
+	char *end;
+	long v;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *end || v < 1 || v > 65535)
+		return -1;
+	return (int)v;
 }
 
 static int listen_tcp(const char *spec, int *fds, int max)
@@ -174,6 +208,10 @@ static int listen_tcp(const char *spec, int *fds, int max)
 		}
 	} else {
 		snprintf(port, sizeof port, "%s", spec);
+	}
+	if (parse_port(port) < 0) {
+		server_error("--tcp %s: the port must be a number from 1 to 65535", spec);
+		return -1;
 	}
 	r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
 	if (r != 0) {

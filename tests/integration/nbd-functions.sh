@@ -1,7 +1,7 @@
 # Helpers for the kiln-nbd tests: source functions.sh first, then this.
 #   requires_libnbd_python   skip (exit 77) unless nbdsh's python has libnbd
-#   start_nbd [ARGS]         start kiln-nbd on a fresh Unix socket in $TMPDIR and
-#                            wait for its pidfile; sets NBD_SOCK, NBD_PIDFILE,
+#   start_nbd [ARGS]         start kiln-nbd on a fresh Unix socket in $TMPDIR (or
+#                            on $NBD_SOCK_AT when set) and wait for its pidfile; sets NBD_SOCK, NBD_PIDFILE,
 #                            NBD_PID, NBD_LOG. The EXIT hook stops it (SIGTERM,
 #                            10 s) and fails loudly if it does not exit.
 #   start_nbd_tcp [HOST:]PORT [ARGS]  the same, listening on TCP
@@ -75,7 +75,7 @@ _nbd_start() { # LISTEN-ARGS... -- ARGS...
 		shift
 	done
 	shift
-	NBD_SOCK=$(mktemp -u "$TMPDIR/nbd.XXXXXX.sock")
+	NBD_SOCK=${NBD_SOCK_AT:-$(mktemp -u "$TMPDIR/nbd.XXXXXX.sock")}
 	NBD_PIDFILE=$(mktemp -u "$TMPDIR/nbd.XXXXXX.pid")
 	NBD_LOG=$(mktemp "$TMPDIR/nbd.XXXXXX.log")
 	_nbd_logs+=("$NBD_LOG")

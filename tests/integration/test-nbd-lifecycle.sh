@@ -221,10 +221,34 @@ gone=yes
 wait_until 10 eval "! nbd_alive $ewp" || gone="no, pid $ewp runs on (parent $(ps -o ppid= -p "$ewp" | tr -d ' '))"
 check_eq "$gone" yes "kiln-nbd --exit-with-parent (without --foreground) exited with the process that started it"
 
+# ---- a socket path that is taken ---------------------------------------------
+# A live server's socket is never taken over; a stale one (its server
+# killed) is replaced; a file that is not a socket is never removed.
+start_nbd
+first=$NBD_PID taken=$NBD_SOCK
+expect_fail "$KILN_NBD" --unix "$taken" --foreground
+[[ $ERR == *"another server is listening there"* ]] || fail "a second daemon on $taken: $ERR"
+nbdcopy "$(nbd_uri "$vol" "$taken")" "$TMPDIR/taken.raw"
+cmp "$TMPDIR/taken.raw" "$TMPDIR/img.raw" || fail "the first daemon no longer serves $taken"
+kill9_nbd "$first"
+[ -S "$taken" ] || fail "SIGKILL left no stale socket to test with"
+NBD_SOCK_AT=$taken start_nbd
+nbdcopy "$(nbd_uri "$vol" "$taken")" "$TMPDIR/taken.raw"
+cmp "$TMPDIR/taken.raw" "$TMPDIR/img.raw" || fail "a daemon on the stale socket $taken reads wrong bytes"
+stop_nbd
+echo "keep me" >"$TMPDIR/not-a-socket"
+expect_fail "$KILN_NBD" --unix "$TMPDIR/not-a-socket" --foreground
+[[ $ERR == *"not a socket"* ]] || fail "--unix on a regular file: $ERR"
+assert_eq "$(cat "$TMPDIR/not-a-socket")" "keep me" "the file given as --unix"
+
 # ---- bad command lines ------------------------------------------------------
 expect_fail "$KILN_NBD"
 [[ $ERR == *"choose exactly one"* ]] || fail "no listening mode: $ERR"
 expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --tcp 1234
+for spec in 99999 70000 127.0.0.1:65536 0 abc 12ab -1 127.0.0.1: ''; do
+	expect_fail "$KILN_NBD" --tcp "$spec" --foreground
+	[[ $ERR == *"the port must be a number from 1 to 65535"* ]] || fail "--tcp '$spec': $ERR"
+done
 expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --export bogus
 [[ $ERR == *bogus* ]] || fail "--export bogus: $ERR"
 expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --store "$TMPDIR/nostore" --foreground
