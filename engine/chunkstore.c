@@ -61,6 +61,12 @@ struct chunkstore {
 	struct cs_entry *table;         /* open addressing; cap is a power of 2 */
 	size_t cap, count;
 	uint64_t index_size;            /* bytes of the index consumed */
+	/* The index file those bytes came from, held open: gc replaces the
+	 * index by rename, and while this descriptor lives the old file's
+	 * inode number cannot be handed to a new index, so a different
+	 * number always means a new index. */
+	int index_fd;
+	dev_t index_dev;
 	ino_t index_ino;
 
 	int *pack_fds;                  /* by pack number; -1 when not open */
@@ -235,6 +241,24 @@ static void index_header(uint8_t h[INDEX_HEADER_SIZE])
 	memcpy(h + 12, &v32, 4);
 }
 
+static void index_forget(struct chunkstore *cs)
+{
+	if (cs->index_fd >= 0)
+		close(cs->index_fd);
+	cs->index_fd = -1;
+	cs->index_size = 0;
+}
+
+/* Hold fd's file as the index that cs->index_size counts bytes of. */
+static void index_hold(struct chunkstore *cs, int fd, const struct stat *st)
+{
+	if (cs->index_fd >= 0)
+		close(cs->index_fd);
+	cs->index_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);   /* if it fails, every load is a full one */
+	cs->index_dev = st->st_dev;
+	cs->index_ino = st->st_ino;
+}
+
 /* Read index records from cs->index_size to the end. A torn record at
  * the end (a crash during append) is ignored, and so is a record whose
  * checksum fails: the chunk it named is then reported by verify. */
@@ -252,14 +276,14 @@ static int index_load_tail(struct chunkstore *cs, bool full)
 		/* No index yet: nothing is stored, whatever the table held. */
 		if (full) {
 			table_clear(cs);
-			cs->index_size = 0;
-			cs->index_ino = 0;
+			index_forget(cs);
 		}
 		return 0;
 	}
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	if (full || st.st_ino != cs->index_ino) {
+	if (full || cs->index_fd < 0 || st.st_dev != cs->index_dev || st.st_ino != cs->index_ino ||
+	    (uint64_t)st.st_size < cs->index_size) {
 		uint8_t h[INDEX_HEADER_SIZE], want[INDEX_HEADER_SIZE];
 		int r;
 
@@ -267,8 +291,8 @@ static int index_load_tail(struct chunkstore *cs, bool full)
 		 * reused: cached descriptors could be of deleted files. */
 		forget_pack_fds(cs);
 		table_clear(cs);
+		index_hold(cs, fd, &st);
 		cs->index_size = 0;
-		cs->index_ino = st.st_ino;
 		if (st.st_size == 0)
 			return 0;
 		r = pread_all(fd, h, sizeof h, 0);
@@ -319,6 +343,7 @@ int cs_open(struct kiln_region *region, struct chunkstore **ret_cs)
 		return -ENOMEM;
 	cs->region = region;
 	cs->wfd = -1;
+	cs->index_fd = -1;
 	cs->fd_gen = packstream_new_gen();
 	pthread_mutex_init(&cs->lock, NULL);
 	cs->packs_dirfd = openat(region->dirfd, "packs", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -349,6 +374,7 @@ void cs_close(struct chunkstore *cs)
 	if (cs->packs_dirfd >= 0)
 		close(cs->packs_dirfd);
 	table_clear(cs);
+	index_forget(cs);
 	free(cs->wbufs[0]);
 	free(cs->wbufs[1]);
 	io_queue_free(cs->wq);
@@ -1181,8 +1207,9 @@ static int index_append(struct chunkstore *cs)
 		if (r < 0)
 			return r;
 		off = INDEX_HEADER_SIZE;
-		if (fstat(fd, &st) == 0)
-			cs->index_ino = st.st_ino;
+		if (fstat(fd, &st) < 0)
+			return -errno;
+		index_hold(cs, fd, &st);
 	}
 	if (ftruncate(fd, (off_t)off) < 0)
 		return -errno;
