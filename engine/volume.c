@@ -165,6 +165,15 @@ int kiln_volume_create(struct kiln_region *rg, const char *account, uint64_t siz
 	r = region_lock(rg);
 	if (r < 0)
 		return r;
+	/* From a snapshot: the caller's own, public, or shared with it. */
+	if (snapshot_id && *snapshot_id && catalog_snapshot_usable(rg->cat, snapshot_id, account) == 0) {
+		struct kiln_snapshot_info si;
+
+		if (catalog_snapshot_get(rg->cat, snapshot_id, &si) == 0) {
+			region_unlock(rg);
+			return -EACCES;
+		}
+	}
 	r = volume_create_locked(rg, account, size, snapshot_id, KILN_VOLUME_AVAILABLE, NULL, ret_id);
 	region_unlock(rg);
 	return r;

@@ -348,8 +348,18 @@ bad "account $OTHER already has an image named 'boot-bios' in us-east-1" --accou
 	--root-device-name /dev/xvda --architecture x86_64 --block-device-mappings "[$(ebs /dev/xvda "$B")]"
 bad "account $OWNER already has an image named 'boot-bios' in eu-west-1" --region eu-west-1 --name boot-bios \
 	--root-device-name /dev/xvda --architecture x86_64 --block-device-mappings "[$(ebs /dev/xvda "$eu")]"
-# sharing taken back: no more registers with it
+# a volume from a shared snapshot: the other account's own, deleted by it alone
+ov=$(kiln --account $OTHER volume create --snapshot-id "$B") || fail "$OTHER cannot make a volume of shared $B"
+expect_fail kiln volume delete "$ov"
+[[ $ERR == *"only the owner of volume $ov"* ]] || fail "$OWNER deleting $OTHER's volume: $ERR"
+expect_fail kiln --account $OTHER snapshot delete "$B"
+[[ $ERR == *"only the owner of snapshot $B"* ]] || fail "$OTHER deleting $OWNER's snapshot: $ERR"
+kiln snapshot describe "$B" >/dev/null || fail "$B is gone after $OTHER was refused"
+kiln --account $OTHER volume delete "$ov" || fail "$OTHER cannot delete its own volume $ov"
+# sharing taken back: no more registers or volumes with it
 kiln snapshot modify-attribute "$B" --create-volume-permission "{\"Remove\":[{\"UserId\":\"$OTHER\"}]}"
+expect_fail kiln --account $OTHER volume create --snapshot-id "$B"
+[[ $ERR == *"snapshot $B is not shared with account $OTHER"* ]] || fail "a volume of $B for $OTHER: $ERR"
 bad "/dev/xvda: snapshot $B is not shared with account $OTHER" --account $OTHER --name other-name \
 	--root-device-name /dev/xvda --architecture x86_64 --block-device-mappings "[$(ebs /dev/xvda "$B")]"
 echo "ok: unique names"

@@ -160,11 +160,16 @@ int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args)
 int cmd_snapshot_delete(struct cli_ctx *ctx, const struct cli_args *args)
 {
 	const char *snap = args->argv[0];
+	struct kiln_snapshot_info si;
 	int r;
 
 	if (!check_id("snapshot", snap))
 		return EXIT_FAILURE;
-	r = kiln_snapshot_delete(ctx->region, snap);
+	r = kiln_snapshot_describe(ctx->region, snap, &si);
+	if (r == 0 && strcmp(si.owner, ctx->account) != 0)
+		r = -EPERM;
+	if (r == 0)
+		r = kiln_snapshot_delete(ctx->region, snap);
 	if (r < 0) {
 		err_id(ctx, "snapshot", snap, r);
 		return EXIT_FAILURE;

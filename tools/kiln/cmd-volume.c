@@ -71,6 +71,9 @@ int cmd_volume_create(struct cli_ctx *ctx, const struct cli_args *args)
 	if (r < 0) {
 		if (snap && (r == -ENOENT || r == -EXDEV || r == -EBADMSG))
 			err_id(ctx, "snapshot", snap, r);
+		else if (snap && r == -EACCES)
+			errmsg("snapshot %s is not shared with account %s (its owner can share it: "
+			       "kiln snapshot modify-attribute --create-volume-permission)", snap, ctx->account);
 		else if (size)
 			errmsg_errno(r, "cannot create a volume of %s", human_size(size, h1));
 		else
@@ -316,11 +319,16 @@ int cmd_volume_describe(struct cli_ctx *ctx, const struct cli_args *args)
 int cmd_volume_delete(struct cli_ctx *ctx, const struct cli_args *args)
 {
 	const char *vol = args->argv[0];
+	struct kiln_volume_info vi;
 	int r;
 
 	if (!check_id("volume", vol))
 		return EXIT_FAILURE;
-	r = kiln_volume_delete(ctx->region, vol);
+	r = kiln_volume_describe(ctx->region, vol, &vi);
+	if (r == 0 && strcmp(vi.owner, ctx->account) != 0)
+		r = -EPERM;
+	if (r == 0)
+		r = kiln_volume_delete(ctx->region, vol);
 	if (r < 0) {
 		err_id(ctx, "volume", vol, r);
 		return EXIT_FAILURE;
