@@ -119,8 +119,13 @@ rm -f "$TMPDIR/kept.raw"
 kiln volume delete "$root"
 assert_eq "$(vol_is "$root" State)" gone "the kept root after volume delete"
 
-# ---- 4. VolumeSize alone ---------------------------------------------------------
-inst=$(kiln instance launch "$ami" --block-device-mappings '[{"DeviceName":"/dev/xvda","Ebs":{"VolumeSize":2}}]')
+# ---- 4. VolumeSize alone (launched with a relative store path) --------------------
+inst=$(cd "$(dirname "$KILN_STORE")" && KILN_STORE=$(basename "$KILN_STORE") \
+	kiln instance launch "$ami" --block-device-mappings '[{"DeviceName":"/dev/xvda","Ebs":{"VolumeSize":2}}]')
+# the socket it records holds from any directory
+sock=$(cd / && kiln instance describe "$inst" --output json |
+	/usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["Reservations"][0]["Instances"][0]["NbdSocket"])')
+check_eq "$sock" "$(realpath "$KILN_STORE")/regions/us-east-1/nbd.sock" "NbdSocket of an instance launched with a relative store"
 root=$(instance_volume "$inst" /dev/xvda)
 check_eq "$(vol_field "$root" SnapshotId)" "$snap" "SnapshotId of a root whose VolumeSize alone is overridden"
 check_eq "$(vol_field "$root" SizeBytes)" $((2 * G)) "SizeBytes of that root"

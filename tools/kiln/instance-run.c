@@ -3,6 +3,7 @@
  * that serves its devices, and qemu that boots it from them. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -78,13 +79,19 @@ static int read_pid(const char *path)
 
 int ensure_daemon(struct cli_ctx *ctx, char *sock, size_t cap, int *ret_pid)
 {
-	char pidfile[4096], bin[4096];
+	char pidfile[PATH_MAX + 64], bin[4096], store[PATH_MAX];
 	int pid;
 	pid_t child;
 	int status;
 
-	snprintf(sock, cap, "%s/regions/%s/nbd.sock", ctx->store_dir, ctx->region_name);
-	snprintf(pidfile, sizeof pidfile, "%s/regions/%s/nbd.pid", ctx->store_dir, ctx->region_name);
+	/* Absolute: instances record the socket, and the daemon outlives
+	 * this command's working directory. */
+	if (!realpath(ctx->store_dir, store)) {
+		errmsg_errno(-errno, "%s", ctx->store_dir);
+		return -1;
+	}
+	snprintf(sock, cap, "%s/regions/%s/nbd.sock", store, ctx->region_name);
+	snprintf(pidfile, sizeof pidfile, "%s/regions/%s/nbd.pid", store, ctx->region_name);
 	if (strlen(sock) >= sizeof((struct sockaddr_un *)0)->sun_path) {
 		errmsg("the store path is too long for a Unix socket: %s", sock);
 		return -1;
@@ -108,7 +115,7 @@ int ensure_daemon(struct cli_ctx *ctx, char *sock, size_t cap, int *ret_pid)
 			dup2(devnull, STDIN_FILENO);
 			dup2(devnull, STDOUT_FILENO);
 		}
-		execlp(bin, "kiln-nbd", "--store", ctx->store_dir, "--region", ctx->region_name,
+		execlp(bin, "kiln-nbd", "--store", store, "--region", ctx->region_name,
 		       "--unix", sock, "--pidfile", pidfile, (char *)NULL);
 		fprintf(stderr, "kiln: cannot run %s: %s\n", bin, strerror(errno));
 		_exit(127);
