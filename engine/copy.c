@@ -156,10 +156,18 @@ int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char
 		r = -ENOMEM;
 		goto out;
 	}
-	if (!kiln_account_valid(caller) || !name || !image_name_valid(name) ||
-	    (description && strlen(description) > 255)) {
-		r = set_why(wbuf, wlen, -EINVAL, "the name must be 3 to 128 letters, digits and ( ) [ ] space "
-			". / - ' @ _; the description at most 255 bytes");
+	if (!kiln_account_valid(caller)) {
+		r = set_why(wbuf, wlen, -EINVAL, "'%s' is not an account", caller ? caller : "");
+		goto out;
+	}
+	if (!name || !image_name_valid(name)) {
+		r = set_why(wbuf, wlen, -EINVAL, "invalid name '%s': 3 to 128 letters, digits and "
+			    "( ) [ ] space . / - ' @ _", name ? name : "");
+		goto out;
+	}
+	if (description && strlen(description) > 255) {
+		r = set_why(wbuf, wlen, -EINVAL, "the description is %zu bytes, more than 255",
+			    strlen(description));
 		goto out;
 	}
 	r = kiln_image_describe(src, caller, source_image_id, im);

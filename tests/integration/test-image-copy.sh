@@ -209,8 +209,8 @@ echo "ok: shared and public"
 images_state "$TMPDIR/before"
 refused "account $OWNER already has an image named 'web-1' in eu-west-1" \
 	kiln image copy --source-region us-east-1 --source-image-id "$P" "${EU[@]}" --name web-1
-refused "name must be 3 to 128" kiln image copy --source-region us-east-1 --source-image-id "$P" "${EU[@]}" --name 'a#b'
-refused "name must be 3 to 128" kiln image copy --source-region us-east-1 --source-image-id "$P" "${EU[@]}" --name ab
+refused "cannot copy image $P: invalid name 'a#b': 3 to 128 letters" kiln image copy --source-region us-east-1 --source-image-id "$P" "${EU[@]}" --name 'a#b'
+refused "cannot copy image $P: invalid name 'ab': 3 to 128 letters" kiln image copy --source-region us-east-1 --source-image-id "$P" "${EU[@]}" --name ab
 refused "image $C does not exist or is not yours to launch \(in region us-east-1\)" \
 	kiln image copy --source-region us-east-1 --source-image-id "$C" "${EU[@]}" --name wrong-region
 refused "invalid --source-region" kiln image copy --source-region 'us east' --source-image-id "$P" "${EU[@]}" --name x-y-z

@@ -1723,7 +1723,7 @@ int cmd_image_copy(struct cli_ctx *ctx, const struct cli_args *args)
 	if (r < 0) {
 		if (r == -ENOENT || r == -EPERM || r == -EBADMSG)
 			err_image(src_name, src_id, r, NULL);
-		else if (r == -EEXIST && why[0])
+		else if ((r == -EEXIST || r == -EINVAL) && why[0])
 			errmsg("cannot copy image %s: %s", src_id, why);
 		else if (r == -EEXIST)
 			errmsg("cannot copy image %s: account %s already has an image named '%s' "
