@@ -264,6 +264,11 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 		set_why(wbuf, wlen, r, "instance %s does not exist in %s", instance_id, rg->name);
 		goto out;
 	}
+	if (strcmp(in->state, "terminated") == 0) {
+		r = set_why(wbuf, wlen, -EINVAL, "instance %s is terminated: its volumes are gone or "
+			    "detached", instance_id);
+		goto out;
+	}
 	for (size_t i = 0; i < in->ndevices; i++)
 		if (in->devices[i].ebs)
 			ids[nebs++] = in->devices[i].volume_id;

@@ -136,6 +136,11 @@ check_eq "$rc" 0 "cmp of that root's first $size bytes with the image's (0: the 
 rm -f "$TMPDIR/big.raw"
 kiln instance terminate "$inst" >/dev/null
 assert_eq "$(vol_is "$root" State)" gone "that root after terminate"
+# a terminated instance: nothing to boot or to make an image of, and said so
+expect_fail kiln instance boot "$inst" --timeout 5
+[[ $ERR == *"instance $inst is terminated"* ]] || fail "boot of terminated $inst: $ERR"
+expect_fail kiln image create --instance-id "$inst" --name from-terminated
+[[ $ERR == *"instance $inst is terminated"* ]] || fail "image create of terminated $inst: $ERR"
 
 # ---- 5. NoDevice, and DeleteOnTermination from the image ----------------------------
 ami3=$(kiln image register --name kiln-three --root-device-name /dev/xvda --architecture x86_64 \

@@ -252,6 +252,10 @@ int cmd_instance_boot(struct cli_ctx *ctx, const struct cli_args *args)
 		err_id(ctx, "instance", id, r);
 		return 1;
 	}
+	if (strcmp(in.state, "terminated") == 0) {
+		errmsg("instance %s is terminated: there is nothing to boot", id);
+		return 1;
+	}
 	if (in.qemu_pid > 0) {
 		errmsg("instance %s is already booted (qemu pid %d)", id, in.qemu_pid);
 		return 1;
