@@ -165,7 +165,13 @@ inst=$(kiln instance launch "$ami3")
 devs=$(instance_devices "$inst")
 read -r keep kind dot <<<"$(dev_line "$devs" /dev/xvdb)"
 assert_eq "$kind $dot" "Ebs False" "/dev/xvdb of $ami3 (DeleteOnTermination false in the image)"
-kiln instance terminate "$inst" >/dev/null
+kiln instance terminate "$inst" --output json >"$TMPDIR/term.json"
+assert_eq "$(json "$TMPDIR/term.json" "[(i['InstanceId'], i['PreviousState']['Name'], i['CurrentState']['Code']) for i in j['TerminatingInstances']]")" \
+	"[('$inst', 'running', 48)]" "instance terminate --output json"
+assert_eq "$(json "$TMPDIR/term.json" "sorted((v['VolumeId'], v['Deleted']) for v in j['TerminatingInstances'][0]['Volumes'])")" \
+	"$(for d in /dev/xvda /dev/xvdb /dev/xvdc; do v=$(dev_line "$devs" $d | cut -d' ' -f1); [ $d = /dev/xvdb ] && echo "$v False" || echo "$v True"; done |
+		sort | /usr/bin/python3 -c 'import sys; print(sorted((a, b == "True") for a, b in (l.split() for l in sys.stdin)))')" \
+	"the volumes in instance terminate --output json"
 assert_eq "$(vol_is "$(dev_line "$devs" /dev/xvda | cut -d' ' -f1)" State)" gone "the root of $inst after terminate"
 assert_eq "$(vol_is "$(dev_line "$devs" /dev/xvdc | cut -d' ' -f1)" State)" gone "ephemeral0 of $inst after terminate"
 assert_eq "$(vol_is "$keep" State)" available "/dev/xvdb of $inst after terminate"

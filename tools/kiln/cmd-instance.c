@@ -267,23 +267,60 @@ int cmd_instance_boot(struct cli_ctx *ctx, const struct cli_args *args)
 			false);
 }
 
+/* What terminate did to one instance's volumes, for the JSON report. */
+struct terminated {
+	const struct cli_ctx *ctx;
+	size_t n;
+	char volume_id[KILN_MAX_MAPPINGS][KILN_ID_MAX];
+	bool deleted[KILN_MAX_MAPPINGS];
+};
+
 static void report_volume(void *opaque, const char *volume_id, bool deleted)
 {
-	const struct cli_ctx *ctx = opaque;
+	struct terminated *t = opaque;
 
-	if (ctx->output == OUTPUT_TEXT)
+	if (t->ctx->output == OUTPUT_TEXT)
 		printf("%s: %s\n", volume_id, deleted ? "deleted" : "kept (available)");
+	if (t->n < KILN_MAX_MAPPINGS) {
+		snprintf(t->volume_id[t->n], KILN_ID_MAX, "%s", volume_id);
+		t->deleted[t->n++] = deleted;
+	}
+}
+
+/* EC2's state codes, as TerminateInstances reports them. */
+static void json_state(struct json *j, const char *key, const char *name)
+{
+	static const struct { const char *name; unsigned code; } codes[] = {
+		{ "pending", 0 }, { "running", 16 }, { "shutting-down", 32 },
+		{ "terminated", 48 }, { "stopping", 64 }, { "stopped", 80 },
+	};
+
+	json_key(j, key);
+	json_object_begin(j);
+	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+		if (strcmp(codes[i].name, name) == 0)
+			json_kv_u64(j, "Code", codes[i].code);
+	json_kv_string(j, "Name", name);
+	json_object_end(j);
 }
 
 int cmd_instance_terminate(struct cli_ctx *ctx, const struct cli_args *args)
 {
+	struct json j;
 	int rc = 0;
 
 	for (int i = 0; i < args->argc; i++)
 		if (!check_id("instance", args->argv[i]))
 			return 1;
+	if (ctx->output == OUTPUT_JSON) {
+		json_init(&j, stdout);
+		json_object_begin(&j);
+		json_key(&j, "TerminatingInstances");
+		json_array_begin(&j);
+	}
 	for (int i = 0; i < args->argc; i++) {
 		struct kiln_instance_info in;
+		struct terminated t = { .ctx = ctx };
 		int r = kiln_instance_describe(ctx->region, ctx->account, args->argv[i], &in);
 
 		if (r == 0)
@@ -291,7 +328,7 @@ int cmd_instance_terminate(struct cli_ctx *ctx, const struct cli_args *args)
 		/* qemu's connections close as it exits; the daemon lets go of
 		 * the volumes a moment later. */
 		for (int tries = 0; r == 0 || r == -EBUSY; tries++) {
-			r = kiln_instance_terminate(ctx->region, ctx->account, args->argv[i], report_volume, ctx);
+			r = kiln_instance_terminate(ctx->region, ctx->account, args->argv[i], report_volume, &t);
 			if (r != -EBUSY || tries == 100)
 				break;
 			usleep(50000);
@@ -299,7 +336,29 @@ int cmd_instance_terminate(struct cli_ctx *ctx, const struct cli_args *args)
 		if (r < 0) {
 			err_id(ctx, "instance", args->argv[i], r);
 			rc = 1;
+			continue;
 		}
+		if (ctx->output == OUTPUT_JSON) {
+			json_object_begin(&j);
+			json_kv_string(&j, "InstanceId", args->argv[i]);
+			json_state(&j, "CurrentState", "terminated");
+			json_state(&j, "PreviousState", in.state);
+			json_key(&j, "Volumes");
+			json_array_begin(&j);
+			for (size_t k = 0; k < t.n; k++) {
+				json_object_begin(&j);
+				json_kv_string(&j, "VolumeId", t.volume_id[k]);
+				json_kv_bool(&j, "Deleted", t.deleted[k]);
+				json_object_end(&j);
+			}
+			json_array_end(&j);
+			json_object_end(&j);
+		}
+	}
+	if (ctx->output == OUTPUT_JSON) {
+		json_array_end(&j);
+		json_object_end(&j);
+		json_finish(&j);
 	}
 	return rc;
 }
