@@ -115,6 +115,7 @@ install: all ## install kiln under $(DESTDIR)$(PREFIX)
 	install -D -m 0755 $(BUILD)/kiln $(DESTDIR)$(BINDIR)/kiln
 	install -D -m 0755 $(BUILD)/kiln-nbd $(DESTDIR)$(BINDIR)/kiln-nbd
 	install -D -m 0644 docs/kiln.1 $(DESTDIR)$(MANDIR)/man1/kiln.1
+	install -D -m 0644 docs/kiln-nbd.1 $(DESTDIR)$(MANDIR)/man1/kiln-nbd.1
 
 clean: ## remove build output
 	rm -rf build

@@ -319,14 +319,15 @@ static void usage(FILE *f, int status)
 		"                       each; again only once quiet), so snapshots have\n"
 		"                       less to do (default 250; 0: off)\n"
 		"  -v, --verbose        debug messages on stderr\n"
-		"  --help               this text\n");
+		"  --help               this text\n"
+		"  --version            print the version\n");
 	exit(status);
 }
 
 int main(int argc, char **argv)
 {
 	enum { OPT_UNIX = 256, OPT_TCP, OPT_SA, OPT_RO, OPT_EXPORT, OPT_THREADS, OPT_FG, OPT_PID,
-	       OPT_EWP, OPT_STORE, OPT_REGION, OPT_PRECAPTURE, OPT_HELP };
+	       OPT_EWP, OPT_STORE, OPT_REGION, OPT_PRECAPTURE, OPT_HELP, OPT_VERSION };
 	static const struct option longopts[] = {
 		{ "store", required_argument, NULL, OPT_STORE },
 		{ "region", required_argument, NULL, OPT_REGION },
@@ -343,6 +344,7 @@ int main(int argc, char **argv)
 		{ "precapture-interval", required_argument, NULL, OPT_PRECAPTURE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *store_dir = getenv("KILN_STORE"), *region_name = getenv("KILN_REGION");
@@ -354,6 +356,9 @@ int main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "sv", longopts, NULL)) != -1) {
 		switch (c) {
+		case OPT_VERSION:
+			printf("kiln-nbd %s\n", kiln_version());
+			exit(EXIT_SUCCESS);
 		case OPT_STORE: store_dir = optarg; break;
 		case OPT_REGION: region_name = optarg; break;
 		case OPT_UNIX: unix_path = optarg; break;

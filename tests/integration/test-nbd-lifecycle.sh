@@ -256,4 +256,10 @@ expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --store "$TMPDIR/nostore" --fore
 expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" --threads 0
 expect_fail "$KILN_NBD" --unix "$TMPDIR/y.sock" extra-argument
 "$KILN_NBD" --help | grep -q -- "--socket-activation" || fail "--help"
+[[ $("$KILN_NBD" --version) =~ ^kiln-nbd\ [0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "--version: $("$KILN_NBD" --version)"
+# the manual page names every option --help does
+man=$(dirname "$0")/../../docs/kiln-nbd.1
+for opt in $("$KILN_NBD" --help | grep -o -- '--[a-z][a-z-]*' | sort -u); do
+	grep -qF -- "$(sed 's/-/\\-/g' <<<"$opt")" "$man" || fail "$opt is not in docs/kiln-nbd.1"
+done
 finish
