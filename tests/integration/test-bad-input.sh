@@ -115,10 +115,13 @@ bad "not a kiln store" snapshot describe --store "$TMPDIR/notastore"
 bad "not a kiln store" store verify --store "$TMPDIR/notastore"
 bad "not a kiln store" volume import "$img" --store "$TMPDIR/notastore"
 assert_eq "$(ls "$TMPDIR/notastore")" config "files in the directory that is not a store"
-bad "not a kiln store" volume describe --store "$TMPDIR/missing"
+bad "missing \(--store\) is not a kiln store: make one with 'kiln init'" volume describe --store "$TMPDIR/missing"
 bad "not a kiln store" volume import "$img" --store "$TMPDIR/missing"
 bad "not a kiln store" store gc --store "$TMPDIR/missing"
-bad KILN_STORE="$TMPDIR/missing" "not a kiln store" volume describe
+bad KILN_STORE="$TMPDIR/missing" "missing \(KILN_STORE\) is not a kiln store" volume describe
+(cd "$TMPDIR" && expect_fail env -u KILN_STORE "$KILN" volume describe &&
+	[[ $ERR == *"./.kiln is not a kiln store: give --store DIR or set KILN_STORE"* ]]) ||
+	fail "the default store, missing: $ERR"
 [ ! -e "$TMPDIR/missing" ] || fail "a command on a missing store created it"
 bad "not a kiln store" volume describe --store "$img"
 bad "already exists|not empty" init

@@ -30,6 +30,7 @@ struct cli_ctx {
 	const char *store_dir;
 	const char *region_name;
 	bool region_explicit;          /* --region was given on the command line */
+	const char *store_from;        /* "--store" or "KILN_STORE"; NULL for the default */
 	const char *account;           /* NULL until the store is open, unless given */
 	bool account_explicit;         /* --account or KILN_ACCOUNT */
 	enum output_format output;
@@ -139,7 +140,7 @@ void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r);
 /* kind is "volume", "snapshot" or "image": false (and a message) unless
  * id is a well-formed id of that kind */
 bool check_id(const char *kind, const char *id);
-void err_store_open(const char *dir, int r);
+void err_store_open(const char *dir, const char *from, int r);
 void err_region_open(const char *store_dir, const char *region, int r);
 /* exits 1 with "kiln: out of memory" */
 void *xmalloc(size_t size);

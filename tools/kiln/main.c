@@ -820,14 +820,19 @@ static int resolve_globals(const struct parsed *p, struct cli_ctx *ctx)
 	}
 
 	ctx->store_dir = p->globals[G_STORE];
+	ctx->store_from = "--store";
 	if (ctx->store_dir && !*ctx->store_dir) {
 		errmsg("--store needs a directory, not an empty string");
 		return -EINVAL;
 	}
-	if (!ctx->store_dir)
+	if (!ctx->store_dir) {
 		ctx->store_dir = from_env("KILN_STORE");
-	if (!ctx->store_dir)
+		ctx->store_from = "KILN_STORE";
+	}
+	if (!ctx->store_dir) {
 		ctx->store_dir = KILN_DEFAULT_STORE;
+		ctx->store_from = NULL;
+	}
 
 	ctx->region_explicit = p->globals[G_REGION] != NULL;
 	ctx->region_name = p->globals[G_REGION];
@@ -871,7 +876,7 @@ static int run(const struct cli_command *c, struct cli_ctx *ctx,
 
 	r = kiln_store_open(ctx->store_dir, &ctx->store);
 	if (r < 0) {
-		err_store_open(ctx->store_dir, r);
+		err_store_open(ctx->store_dir, ctx->store_from, r);
 		return EXIT_FAILURE;
 	}
 	if (!ctx->account)

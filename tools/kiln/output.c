@@ -78,9 +78,11 @@ bool check_id(const char *kind, const char *id)
 	return false;
 }
 
-void err_store_open(const char *dir, int r)
+void err_store_open(const char *dir, const char *from, int r)
 {
-	if (r == -ENOENT || r == -ENOTDIR || r == -EBADMSG)
+	if ((r == -ENOENT || r == -ENOTDIR || r == -EBADMSG) && from)
+		errmsg("%s (%s) is not a kiln store: make one with 'kiln init', or name yours", dir, from);
+	else if (r == -ENOENT || r == -ENOTDIR || r == -EBADMSG)
 		errmsg("%s is not a kiln store: give --store DIR or set KILN_STORE to yours "
 		       "(the default is ./.kiln in the current directory), or make one with 'kiln init'", dir);
 	else
