@@ -475,6 +475,11 @@ int kiln_snapshot_modify_create_volume_permission(struct kiln_region *rg, const 
 					    add_all ? 1 : remove_all ? 0 : -1, remove, nremove);
 }
 
+bool kiln_snapshot_usable(struct kiln_region *rg, const char *account, const char *snapshot_id)
+{
+	return catalog_snapshot_usable(rg->cat, snapshot_id, account) == 1;
+}
+
 int kiln_snapshot_list_create_volume_permission(struct kiln_region *rg, const char *snapshot_id,
 						int (*fn)(void *opaque, const char *who), void *opaque)
 {

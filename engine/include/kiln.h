@@ -438,6 +438,9 @@ int kiln_snapshot_modify_create_volume_permission(struct kiln_region *region, co
 						  const char *const *add, size_t nadd, bool add_all,
 						  const char *const *remove, size_t nremove,
 						  bool remove_all);
+/* true if account owns the snapshot, or it is public or shared with it:
+ * whether the account may see it and make volumes of it. */
+bool kiln_snapshot_usable(struct kiln_region *region, const char *account, const char *snapshot_id);
 /* Accounts (and "all") a snapshot is shared with: fn per entry. */
 int kiln_snapshot_list_create_volume_permission(struct kiln_region *region,
 						const char *snapshot_id,

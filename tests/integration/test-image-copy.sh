@@ -186,8 +186,10 @@ assert_eq "$(image_field "$O" "i['OwnerId'], i['Public'], i['SourceImageId'], i[
 	"('$OTHER', False, '$P', [])" "owner, public, source, tags of $OTHER's copy of a shared image"
 assert_eq "$(copy_field "c['ChunksMoved']")" 0 "chunks moved by $OTHER's copy (eu-west-1 has them all)"
 osnap=$(root_snap "$O" "${EU[@]}" --account $OTHER)
-assert_eq "$(kiln snapshot describe "$osnap" "${EU[@]}" --output json | json /dev/stdin "j['Snapshots'][0]['OwnerId']")" \
+assert_eq "$(kiln snapshot describe "$osnap" "${EU[@]}" --account $OTHER --output json | json /dev/stdin "j['Snapshots'][0]['OwnerId']")" \
 	$OTHER "owner of the snapshot of $OTHER's copy"
+expect_fail kiln snapshot describe "$osnap" "${EU[@]}"
+[[ $ERR == *"snapshot $osnap does not exist"* ]] || fail "$OTHER's unshared snapshot, described by $OWNER: $ERR"
 cmp_snapshot_in "$osnap" "$FIX/boot-bios.raw" "${EU[@]}"
 assert_eq "$(kiln image describe-attribute "$O" "${EU[@]}" --account $OTHER --attribute launchPermission --output json |
 	json /dev/stdin "j['LaunchPermissions']")" "[]" "launch permissions of $OTHER's copy"

@@ -147,12 +147,13 @@ has_snaps
 echo "ok: other accounts"
 
 # ---- what the deleted snapshots held, gc frees; the store verifies --------------
-kiln volume describe --output json >"$TMPDIR/vols.json"
-json "$TMPDIR/vols.json" "'\\n'.join(v['VolumeId'] + ' ' + v['OwnerId'] for v in j['Volumes'])" >"$TMPDIR/vols.txt"
-while read -r v owner; do
-	assert_id vol "$v"
-	kiln volume delete "$v" --account "$owner"      # each by its owner
-done <"$TMPDIR/vols.txt"
+for a in $OWNER $OTHER; do
+	kiln volume describe --output json --account $a >"$TMPDIR/vols.json"      # its own volumes
+	for v in $(json "$TMPDIR/vols.json" "' '.join(v['VolumeId'] for v in j['Volumes'])"); do
+		assert_id vol "$v"
+		kiln volume delete "$v" --account $a
+	done
+done
 kiln store gc >/dev/null
 assert_eq "$(stat_field UniqueBytes)" 0 "unique bytes after every image, snapshot and volume is gone"
 verify_clean

@@ -54,12 +54,15 @@ int cmd_snapshot_create(struct cli_ctx *ctx, const struct cli_args *args)
 struct snapshot_list {
 	struct kiln_snapshot_info *v;
 	size_t n;
+	const struct cli_ctx *ctx;      /* only what its account may use */
 };
 
 static int add_snapshot(void *opaque, const struct kiln_snapshot_info *info)
 {
 	struct snapshot_list *l = opaque;
 
+	if (l->ctx && !kiln_snapshot_usable(l->ctx->region, l->ctx->account, info->id))
+		return 0;       /* another account's, not shared with this one */
 	l->v = xrealloc(l->v, l->n + 1, sizeof(*l->v));
 	l->v[l->n++] = *info;
 	return 0;
@@ -126,7 +129,7 @@ static void print_snapshots_text(const struct snapshot_list *l)
 
 int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args)
 {
-	struct snapshot_list l = { NULL, 0 };
+	struct snapshot_list l = { .ctx = ctx };
 	struct kiln_snapshot_info one;
 	const char *snap = args->argc > 0 ? args->argv[0] : NULL;
 	int r;
@@ -135,6 +138,8 @@ int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args)
 		if (!check_id("snapshot", snap))
 			return EXIT_FAILURE;
 		r = kiln_snapshot_describe(ctx->region, snap, &one);
+		if (r == 0 && !kiln_snapshot_usable(ctx->region, ctx->account, snap))
+			r = -ENOENT;    /* as EC2: not there for this account */
 		if (r < 0) {
 			err_id(ctx, "snapshot", snap, r);
 			return EXIT_FAILURE;

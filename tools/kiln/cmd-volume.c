@@ -216,12 +216,15 @@ int cmd_volume_export(struct cli_ctx *ctx, const struct cli_args *args)
 struct volume_list {
 	struct kiln_volume_info *v;
 	size_t n;
+	const char *account;            /* only this account's volumes */
 };
 
 static int add_volume(void *opaque, const struct kiln_volume_info *info)
 {
 	struct volume_list *l = opaque;
 
+	if (l->account && strcmp(info->owner, l->account) != 0)
+		return 0;       /* another account's */
 	l->v = xrealloc(l->v, l->n + 1, sizeof(*l->v));
 	l->v[l->n++] = *info;
 	return 0;
@@ -286,7 +289,7 @@ static void print_volumes_text(const struct volume_list *l)
 
 int cmd_volume_describe(struct cli_ctx *ctx, const struct cli_args *args)
 {
-	struct volume_list l = { NULL, 0 };
+	struct volume_list l = { .account = ctx->account };
 	struct kiln_volume_info one;
 	const char *vol = args->argc > 0 ? args->argv[0] : NULL;
 	int r;
@@ -295,6 +298,8 @@ int cmd_volume_describe(struct cli_ctx *ctx, const struct cli_args *args)
 		if (!check_id("volume", vol))
 			return EXIT_FAILURE;
 		r = kiln_volume_describe(ctx->region, vol, &one);
+		if (r == 0 && strcmp(one.owner, ctx->account) != 0)
+			r = -ENOENT;    /* as EC2: not there for another account */
 		if (r < 0) {
 			err_id(ctx, "volume", vol, r);
 			return EXIT_FAILURE;
