@@ -196,6 +196,9 @@ for r in j["Regions"]:
 u = regions["us-east-1"]
 assert u["Volumes"] == 4 and u["Snapshots"] == 2 and u["UniqueChunks"] > 0, u
 assert regions["eu-west-1"]["Volumes"] == 2 and regions["eu-west-1"]["UniqueChunks"] == 0, regions
+# no snapshot in eu-west-1: no dedup ratio to speak of
+assert regions["eu-west-1"]["Snapshots"] == 0 and regions["eu-west-1"]["DedupRatio"] is None, regions
+assert u["DedupRatio"] >= 1.0, u
 EOF
 kiln store stats --output json --region eu-west-1 >"$TMPDIR/stats.json"
 assert_eq "$(json "$TMPDIR/stats.json" "[r['Region'] for r in j['Regions']]")" "['eu-west-1']" "stats --region"

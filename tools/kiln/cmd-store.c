@@ -106,7 +106,10 @@ static void print_stats_json(const struct stats_list *l)
 		json_kv_u64(&j, "PackBytes", s->pack_bytes);
 		json_kv_u64(&j, "OverlayBytes", s->overlay_bytes);
 		json_key(&j, "DedupRatio");
-		json_ratio(&j, ratio(s->data_bytes, s->unique_bytes));
+		if (s->data_bytes)
+			json_ratio(&j, ratio(s->data_bytes, s->unique_bytes));
+		else
+			json_null(&j);  /* no snapshot yet: nothing to compare */
 		json_key(&j, "CompressionRatio");
 		json_ratio(&j, ratio(s->unique_bytes, s->stored_bytes));
 		json_object_end(&j);
@@ -134,7 +137,10 @@ static void print_stats_text(const struct stats_list *l)
 		s = &l->v[i].s;
 		snprintf(vols, sizeof(vols), "%" PRIu64, s->volumes);
 		snprintf(snaps, sizeof(snaps), "%" PRIu64, s->snapshots);
-		snprintf(dedup, sizeof(dedup), "%.2fx", ratio(s->data_bytes, s->unique_bytes));
+		if (s->data_bytes)
+			snprintf(dedup, sizeof(dedup), "%.2fx", ratio(s->data_bytes, s->unique_bytes));
+		else
+			snprintf(dedup, sizeof(dedup), "-");
 		snprintf(comp, sizeof(comp), "%.2fx", ratio(s->unique_bytes, s->stored_bytes));
 		table_add(&tab, l->v[i].name, vols, snaps, human_size(s->logical_bytes, logical),
 			  human_size(s->data_bytes, data), human_size(s->unique_bytes, unique),
