@@ -80,11 +80,28 @@ static void human(uint64_t bytes, char *buf, size_t cap)
 		snprintf(buf, cap, "%.1f MiB", (double)bytes / (1ull << 20));
 }
 
+/* An export's description: the same in NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
+static void volume_description(const struct kiln_volume_info *v, char *buf, size_t cap)
+{
+	char size[32];
+
+	human(v->size, size, sizeof size);
+	snprintf(buf, cap, "volume %s, %s%s", v->id, size, v->snapshot_id[0] ? ", copy-on-write" : "");
+}
+
+static void snapshot_description(const struct kiln_snapshot_info *s, char *buf, size_t cap)
+{
+	char size[32];
+
+	human(s->size, size, sizeof size);
+	snprintf(buf, cap, "snapshot %s of %s, %s%s%.40s", s->id, s->volume_id, size,
+		 s->description[0] ? ": " : "", s->description);
+}
+
 /* Open the volume or snapshot behind name. Called with the lock held. */
 static int export_open(const char *name, struct export **ret, const char **why)
 {
 	struct export *e = calloc(1, sizeof *e);
-	char size[32];
 	int r;
 
 	if (!e)
@@ -102,11 +119,8 @@ static int export_open(const char *name, struct export **ret, const char **why)
 			if (r == -EBUSY)
 				*why = "the volume is in use by another process";
 		}
-		if (r == 0) {
-			human(info.size, size, sizeof size);
-			snprintf(e->description, sizeof e->description, "volume %s, %s%s", name, size,
-				 info.snapshot_id[0] ? ", copy-on-write" : "");
-		}
+		if (r == 0)
+			volume_description(&info, e->description, sizeof e->description);
 	} else if (kiln_id_valid(name, "snap")) {
 		struct kiln_snapshot_info info;
 
@@ -118,11 +132,8 @@ static int export_open(const char *name, struct export **ret, const char **why)
 		}
 		if (r == 0)
 			r = kiln_snapshot_open(config->region, name, &e->vol);
-		if (r == 0) {
-			human(info.size, size, sizeof size);
-			snprintf(e->description, sizeof e->description, "snapshot %s of %s, %s%s%.40s", name,
-				 info.volume_id, size, info.description[0] ? ": " : "", info.description);
-		}
+		if (r == 0)
+			snapshot_description(&info, e->description, sizeof e->description);
 	} else {
 		r = -ENOENT;
 	}
@@ -279,23 +290,22 @@ struct list_ctx {
 static int list_volume(void *opaque, const struct kiln_volume_info *v)
 {
 	struct list_ctx *l = opaque;
-	char desc[96];
+	char desc[sizeof ((struct export *)0)->description];
 
 	if (!allowed(v->id))
 		return 0;
-	snprintf(desc, sizeof desc, "volume, %llu bytes", (unsigned long long)v->size);
+	volume_description(v, desc, sizeof desc);
 	return l->fn(l->opaque, v->id, desc);
 }
 
 static int list_snapshot(void *opaque, const struct kiln_snapshot_info *s)
 {
 	struct list_ctx *l = opaque;
-	char desc[96];
+	char desc[sizeof ((struct export *)0)->description];
 
 	if (s->state != KILN_SNAPSHOT_COMPLETED || !allowed(s->id))
 		return 0;
-	snprintf(desc, sizeof desc, "snapshot of %s, %llu bytes", s->volume_id,
-		 (unsigned long long)s->size);
+	snapshot_description(s, desc, sizeof desc);
 	return l->fn(l->opaque, s->id, desc);
 }
 

@@ -59,10 +59,10 @@ static int send_export_list(void *opaque, const char *name, const char *desc)
 {
 	struct conn *c = opaque;
 	uint32_t nlen = (uint32_t)strlen(name), dlen = (uint32_t)strlen(desc);
-	uint8_t buf[4 + KILN_ID_MAX + 128];
+	uint8_t buf[4 + KILN_ID_MAX + EXPORT_DESCRIPTION_MAX];
 	uint32_t be = htobe32(nlen);
 
-	if (nlen >= KILN_ID_MAX || dlen > 128)
+	if (nlen >= KILN_ID_MAX || dlen >= EXPORT_DESCRIPTION_MAX)
 		return 0;
 	memcpy(buf, &be, 4);
 	memcpy(buf + 4, name, nlen);
@@ -73,7 +73,7 @@ static int send_export_list(void *opaque, const char *name, const char *desc)
 /* NBD_REP_INFO for one info type. */
 static int send_info(struct conn *c, uint32_t option, uint16_t type, const struct export *e)
 {
-	uint8_t buf[2 + 12 + 128];
+	uint8_t buf[2 + 12 + sizeof e->description];
 	uint16_t t = htobe16(type);
 	uint32_t len = 2;
 
@@ -132,6 +132,14 @@ static int take_string(const uint8_t *data, uint32_t len, uint32_t *pos, char *o
 	return 0;
 }
 
+/* Contexts selected for another export do not carry over to this one
+ * (BLOCK_STATUS then gets EINVAL, as with none selected). */
+static void keep_meta_for(struct conn *c, const char *name)
+{
+	if (c->meta_alloc && strcmp(c->meta_export, name) != 0)
+		c->meta_alloc = false;
+}
+
 static int do_info_go(struct conn *c, uint32_t option, const uint8_t *data, uint32_t len)
 {
 	char name[MAX_STRING + 1];
@@ -181,6 +189,7 @@ static int do_info_go(struct conn *c, uint32_t option, const uint8_t *data, uint
 		c->block_size_negotiated = want_block_size;
 		c->tflags = transmission_flags(c, e);
 		snprintf(c->export_name, sizeof c->export_name, "%s", name);
+		keep_meta_for(c, name);
 		return 1;       /* transmission starts */
 	}
 	export_put(e);
@@ -199,6 +208,9 @@ static int do_meta_context(struct conn *c, uint32_t option, const uint8_t *data,
 	const char *why;
 	bool selected = false;
 
+	/* SET replaces what was selected, even when it fails. */
+	if (option == NBD_OPT_SET_META_CONTEXT)
+		c->meta_alloc = false;
 	if (option == NBD_OPT_SET_META_CONTEXT && !c->structured)
 		return reply_error(c, option, NBD_REP_ERR_INVALID,
 				   "SET_META_CONTEXT needs structured replies first");
@@ -214,8 +226,6 @@ static int do_meta_context(struct conn *c, uint32_t option, const uint8_t *data,
 		return reply_error(c, option, NBD_REP_ERR_UNKNOWN, msg);
 	}
 	export_put(e);
-	if (option == NBD_OPT_SET_META_CONTEXT)
-		c->meta_alloc = false;
 	for (uint32_t i = 0; i < nq || (nq == 0 && option == NBD_OPT_LIST_META_CONTEXT && i == 0); i++) {
 		bool match;
 
@@ -229,7 +239,8 @@ static int do_meta_context(struct conn *c, uint32_t option, const uint8_t *data,
 		}
 		if (match && !selected) {
 			uint8_t buf[4 + sizeof BASE_ALLOCATION];
-			uint32_t id = htobe32(BASE_ALLOCATION_ID);
+			/* LIST answers with the reserved id 0. */
+			uint32_t id = htobe32(option == NBD_OPT_SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0);
 
 			memcpy(buf, &id, 4);
 			memcpy(buf + 4, BASE_ALLOCATION, sizeof BASE_ALLOCATION - 1);
@@ -240,8 +251,10 @@ static int do_meta_context(struct conn *c, uint32_t option, const uint8_t *data,
 	}
 	if (pos != len && nq != 0)
 		return reply_error(c, option, NBD_REP_ERR_INVALID, "trailing bytes in meta context request");
-	if (option == NBD_OPT_SET_META_CONTEXT)
+	if (option == NBD_OPT_SET_META_CONTEXT) {
 		c->meta_alloc = selected;
+		snprintf(c->meta_export, sizeof c->meta_export, "%s", name);
+	}
 	return reply(c, option, NBD_REP_ACK, NULL, 0);
 }
 
@@ -268,6 +281,7 @@ static int do_export_name(struct conn *c, const uint8_t *data, uint32_t len)
 	c->min_block = 1;
 	c->tflags = transmission_flags(c, e);
 	snprintf(c->export_name, sizeof c->export_name, "%s", name);
+	keep_meta_for(c, name);
 	size = htobe64(e->size);
 	flags = htobe16(c->tflags);
 	memcpy(buf, &size, 8);

@@ -12,6 +12,7 @@
 #include "common/cleanup.h"
 #include "common/minmax.h"
 
+#define EXPORT_DESCRIPTION_MAX 192      /* with its NUL */
 #define MAX_REQUEST_SIZE (32u * 1024 * 1024)   /* largest READ/WRITE we serve */
 #define MAX_OPTION_SIZE (64u * 1024)           /* largest option payload we take */
 #define MAX_STRING 4096                        /* NBD strings, per proto.md */
@@ -34,7 +35,7 @@ void precapture_stop(void);
 
 struct export {
 	char name[KILN_ID_MAX];
-	char description[128];
+	char description[EXPORT_DESCRIPTION_MAX];
 	struct kiln_volume *vol;
 	bool read_only;
 	uint64_t size;
@@ -77,7 +78,8 @@ struct conn {
 	int rfd, wfd;                   /* the same socket, except for -s */
 	struct export *exp;
 	bool structured;                /* NBD_OPT_STRUCTURED_REPLY done */
-	bool meta_alloc;                /* base:allocation selected */
+	bool meta_alloc;                /* base:allocation selected... */
+	char meta_export[MAX_STRING + 1];       /* ...for this export */
 	bool block_size_negotiated;     /* client asked for NBD_INFO_BLOCK_SIZE */
 	bool no_zeroes;
 	bool fixed;                     /* the client speaks fixed newstyle */

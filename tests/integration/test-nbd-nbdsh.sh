@@ -639,6 +639,76 @@ check(t == REP_ACK and tflags & FLAG_SEND_DF, "raw: NBD_FLAG_SEND_DF with struct
 r.request(2, 0, 0)
 check(r.closed(), "raw: NBD_CMD_DISC closes the connection")
 
+# Meta contexts: LIST answers with the reserved id 0; SET replaces the
+# selection even when it fails, and holds only for the export it named
+# (proto.md); BLOCK_STATUS without a selection gets EINVAL.
+def meta_query(name, queries):
+    n = name.encode()
+    d = struct.pack(">I", len(n)) + n + struct.pack(">I", len(queries))
+    for q in queries:
+        d += struct.pack(">I", len(q)) + q.encode()
+    return d
+
+
+def meta_replies(r, o):
+    got = []
+    while True:
+        t, d = r.reply(o)
+        if t != 4:                          # NBD_REP_META_CONTEXT
+            return t, got
+        got.append((struct.unpack(">I", d[:4])[0], d[4:]))
+
+
+def block_status_error(r, cookie):
+    r.request(7, 0, CS, cookie=cookie)
+    magic, flags, typ, ck, n = struct.unpack(">IHHQI", r.rx(20))
+    payload = r.rx(n)
+    check(magic == 0x668e33ef and ck == cookie and flags & 1, "raw: one structured reply to BLOCK_STATUS")
+    return struct.unpack(">I", payload[:4])[0] if typ & 0x8000 else 0
+
+
+def raw_with_meta(go_name, *sets):
+    r = Raw()
+    r.opt(8)
+    r.reply(8)
+    for name in sets:
+        r.opt(10, meta_query(name, ["base:allocation"]))
+        meta_replies(r, 10)
+    t, _, _ = r.info(7, go_name)
+    check(t == REP_ACK, "raw: GO %s" % go_name)
+    return r
+
+
+r = Raw()
+r.opt(8)
+r.reply(8)
+r.opt(9, meta_query(VOL, ["base:allocation"]))
+t, ctxs = meta_replies(r, 9)
+check(t == REP_ACK and ctxs == [(0, b"base:allocation")], "raw: LIST_META_CONTEXT ids are 0: %r" % ctxs)
+r.opt(10, meta_query(VOL, ["base:allocation"]))
+t, ctxs = meta_replies(r, 10)
+check(t == REP_ACK and len(ctxs) == 1 and ctxs[0][0] != 0, "raw: SET_META_CONTEXT selects with an id: %r" % ctxs)
+check(block_status_error(raw_with_meta(VOL, VOL), 60) == 0, "raw: BLOCK_STATUS with base:allocation set for its export")
+check(block_status_error(raw_with_meta(VOL, VOL, "nope-export"), 61) == errno.EINVAL,
+      "raw: a failed SET_META_CONTEXT leaves nothing selected: BLOCK_STATUS -> EINVAL")
+check(block_status_error(raw_with_meta(ODD, VOL), 62) == errno.EINVAL,
+      "raw: base:allocation set for %s does not hold for %s: BLOCK_STATUS -> EINVAL" % (VOL, ODD))
+
+# An export's description is the same in LIST and in INFO.
+r = Raw()
+r.opt(3)
+listed = {}
+while True:
+    t, d = r.reply(3)
+    if t != 2:                              # NBD_REP_SERVER
+        break
+    n = struct.unpack(">I", d[:4])[0]
+    listed[d[4:4 + n].decode()] = d[4 + n:]
+for name in (VOL, SNAP):
+    t, _, infos = r.info(6, name, (2,))
+    check(dict(infos).get(2) == listed.get(name) and listed.get(name),
+          "raw: description of %s in LIST %r and INFO %r" % (name, listed.get(name), dict(infos).get(2)))
+
 for cflags, tail in ((3, 0), (1, 124)):
     r = Raw(cflags)
     r.opt(1, VOL.encode())
