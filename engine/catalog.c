@@ -9,6 +9,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -241,6 +243,24 @@ static int migrate(struct catalog *cat)
 	return r;
 }
 
+/* SQLite maps the WAL index (catalog.db-shm) and writes through the map.
+ * A page of it that is a hole on a full disk turns that write into
+ * SIGBUS; allocate every page first, so a full disk is ENOSPC here. */
+static int shm_allocate(int dirfd)
+{
+	int fd = openat(dirfd, CATALOG_NAME "-shm", O_RDWR | O_CLOEXEC);
+	struct stat st;
+	int r = 0;
+
+	if (fd < 0)
+		return 0;       /* none yet: SQLite makes it, a page at a time */
+	if (fstat(fd, &st) == 0 && (uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size &&
+	    fallocate(fd, 0, 0, st.st_size) < 0 && errno != EOPNOTSUPP)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
 int catalog_open(int dirfd, const char *region, struct catalog **ret_cat)
 {
 	struct catalog *cat = calloc(1, sizeof *cat);
@@ -249,6 +269,11 @@ int catalog_open(int dirfd, const char *region, struct catalog **ret_cat)
 
 	if (!cat)
 		return -ENOMEM;
+	r = shm_allocate(dirfd);
+	if (r < 0) {
+		free(cat);
+		return r;
+	}
 	snprintf(cat->region, sizeof cat->region, "%s", region);
 	/* SQLite wants a path: reach the region directory through its fd. */
 	snprintf(path, sizeof path, "/proc/self/fd/%d/" CATALOG_NAME, dirfd);

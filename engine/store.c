@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -298,6 +299,19 @@ int kiln_store_list_regions(struct kiln_store *s, int (*fn)(void *opaque, const 
 static int truncate_at(int dirfd, const char *name);
 static void reserve_restore(struct kiln_region *rg);
 
+/* Less than 1 MiB available (to users; root may have a little more, but
+ * not much): too little for SQLite to open the catalog. */
+static bool disk_full(struct kiln_region *rg)
+{
+	struct statvfs v;
+	uint64_t left;
+
+	if (fstatvfs(rg->dirfd, &v) < 0)
+		return false;
+	left = (uint64_t)v.f_bavail * v.f_frsize;
+	return left < (1u << 20);
+}
+
 int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region **ret_region)
 {
 	struct kiln_region *rg;
@@ -329,7 +343,14 @@ int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region 
 		r = -errno;
 		goto out_close;
 	}
+	/* Opening the catalog needs a little room (SQLite's WAL and its
+	 * index): on a full disk, the reserve makes it, so that deletes and
+	 * gc (and reading) still work. */
 	r = catalog_open(rg->dirfd, name, &rg->cat);
+	if ((r == -ENOSPC || r == -EIO || disk_full(rg)) && region_release_reserve(rg))
+		r = catalog_open(rg->dirfd, name, &rg->cat);
+	if (r < 0 && disk_full(rg))
+		r = -ENOSPC;
 	if (r < 0)
 		goto out_close;
 	r = cs_open(rg, &rg->cs);

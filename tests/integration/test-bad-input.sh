@@ -335,4 +335,28 @@ snap2=$(kiln snapshot create "$vol2")
 cmp_snapshot "$snap2" "$TMPDIR/after.img"
 cmp_snapshot "$snap" "$small"
 verify_clean
+
+# a disk filled from outside the store, to the last block: the catalog
+# cannot even open without the reserve, and with it reading, deleting and
+# gc still work
+fallocate -l "$(df -B1 --output=avail "$mnt" | tail -n 1)" "$mnt/fill" 2>/dev/null || true
+dd if=/dev/zero of="$mnt/fill2" bs=4k 2>/dev/null || true      # root's reserved blocks too
+[ "$(df -B1 --output=avail "$mnt" | tail -n 1)" -lt 65536 ] || fail "the disk did not fill: $(df -h "$mnt")"
+assert_eq "$(kiln snapshot describe "$snap" --output json | json /dev/stdin "j['Snapshots'][0]['State']")" completed \
+	"snapshot describe on a disk filled to the last block"
+cmp_snapshot "$snap" "$small"
+rc=0
+kiln snapshot delete "$snap2" 2>"$TMPDIR/.stderr" || rc=$?
+check_eq "$rc $(cat "$TMPDIR/.stderr")" "0 " "snapshot delete on a disk filled to the last block"
+rc=0
+kiln volume delete "$vol2" 2>"$TMPDIR/.stderr" || rc=$?
+check_eq "$rc $(cat "$TMPDIR/.stderr")" "0 " "volume delete on a disk filled to the last block"
+rc=0
+kiln store gc >/dev/null 2>"$TMPDIR/.stderr" || rc=$?
+check_eq "$rc $(cat "$TMPDIR/.stderr")" "0 " "store gc on a disk filled to the last block"
+expect_fail kiln volume import "$TMPDIR/after.img"
+[[ $ERR == *"No space left"* ]] || fail "import on a disk filled to the last block: $ERR"
+rm -f "$mnt/fill" "$mnt/fill2"
+verify_clean
+cmp_snapshot "$snap" "$small"
 finish
