@@ -437,8 +437,9 @@ void region_reap_if_idle(struct kiln_region *rg)
 }
 
 /* The store's reserve: a few MiB allocated at init and given back when a
- * delete or gc (in any region) meets a full disk, so that removing things (which needs a little
- * room: SQLite's journal, a new index) works when nothing else does. */
+ * delete or gc (in any region), or opening a catalog, meets a full disk,
+ * so that reading and removing things (which need a little room: SQLite's
+ * WAL, a new index) work when nothing else does. */
 #define RESERVE_NAME "reserve"
 #define RESERVE_SIZE (8 << 20)
 
