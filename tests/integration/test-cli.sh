@@ -272,6 +272,8 @@ expect_fail kiln volume describe "$av" --store "$TMPDIR/acct"
 assert_eq "$(KILN_ACCOUNT=222222222222 kiln volume describe "$av" --store "$TMPDIR/acct" --output json | /usr/bin/python3 -c \
 	'import json, sys; print(json.load(sys.stdin)["Volumes"][0]["OwnerId"])')" 222222222222 "owner from KILN_ACCOUNT"
 av=$(KILN_ACCOUNT=222222222222 kiln volume create --size 1M --store "$TMPDIR/acct" --account 333333333333)
+expect_fail kiln volume export "$av" "$TMPDIR/av.raw" --store "$TMPDIR/acct"
+[[ $ERR == *"volume $av does not exist"* ]] || fail "another account's volume, exported: $ERR"
 assert_eq "$(kiln volume describe "$av" --store "$TMPDIR/acct" --account 333333333333 --output json | /usr/bin/python3 -c \
 	'import json, sys; print(json.load(sys.stdin)["Volumes"][0]["OwnerId"])')" 333333333333 "owner from --account"
 

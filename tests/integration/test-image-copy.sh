@@ -190,7 +190,11 @@ assert_eq "$(kiln snapshot describe "$osnap" "${EU[@]}" --account $OTHER --outpu
 	$OTHER "owner of the snapshot of $OTHER's copy"
 expect_fail kiln snapshot describe "$osnap" "${EU[@]}"
 [[ $ERR == *"snapshot $osnap does not exist"* ]] || fail "$OTHER's unshared snapshot, described by $OWNER: $ERR"
-cmp_snapshot_in "$osnap" "$FIX/boot-bios.raw" "${EU[@]}"
+cmp_snapshot_in "$osnap" "$FIX/boot-bios.raw" "${EU[@]}" --account $OTHER
+expect_fail kiln snapshot export "$osnap" "$TMPDIR/o.raw" "${EU[@]}"
+[[ $ERR == *"snapshot $osnap does not exist"* ]] || fail "$OTHER's unshared snapshot, exported by $OWNER: $ERR"
+expect_fail kiln snapshot diff "$osnap" "$osnap" "${EU[@]}"
+[[ $ERR == *"snapshot $osnap does not exist"* ]] || fail "$OTHER's unshared snapshot, diffed by $OWNER: $ERR"
 assert_eq "$(kiln image describe-attribute "$O" "${EU[@]}" --account $OTHER --attribute launchPermission --output json |
 	json /dev/stdin "j['LaunchPermissions']")" "[]" "launch permissions of $OTHER's copy"
 refused "image $O does not exist or is not yours to launch" kiln image describe --image-ids "$O" "${EU[@]}"

@@ -57,6 +57,17 @@ struct snapshot_list {
 	const struct cli_ctx *ctx;      /* only what its account may use */
 };
 
+/* The snapshot, as the caller's account sees it: one it may not use
+ * (another account's, not shared with it) does not exist for it. */
+static int describe_usable(const struct cli_ctx *ctx, const char *snap, struct kiln_snapshot_info *si)
+{
+	int r = kiln_snapshot_describe(ctx->region, snap, si);
+
+	if (r == 0 && !kiln_snapshot_usable(ctx->region, ctx->account, snap))
+		r = -ENOENT;
+	return r;
+}
+
 static int add_snapshot(void *opaque, const struct kiln_snapshot_info *info)
 {
 	struct snapshot_list *l = opaque;
@@ -137,9 +148,7 @@ int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args)
 	if (snap) {
 		if (!check_id("snapshot", snap))
 			return EXIT_FAILURE;
-		r = kiln_snapshot_describe(ctx->region, snap, &one);
-		if (r == 0 && !kiln_snapshot_usable(ctx->region, ctx->account, snap))
-			r = -ENOENT;    /* as EC2: not there for this account */
+		r = describe_usable(ctx, snap, &one);
 		if (r < 0) {
 			err_id(ctx, "snapshot", snap, r);
 			return EXIT_FAILURE;
@@ -191,7 +200,7 @@ int cmd_snapshot_export(struct cli_ctx *ctx, const struct cli_args *args)
 
 	if (!check_id("snapshot", snap))
 		return EXIT_FAILURE;
-	r = kiln_snapshot_describe(ctx->region, snap, &si);
+	r = describe_usable(ctx, snap, &si);
 	if (r < 0) {
 		err_id(ctx, "snapshot", snap, r);
 		return EXIT_FAILURE;
@@ -248,12 +257,12 @@ int cmd_snapshot_diff(struct cli_ctx *ctx, const struct cli_args *args)
 
 	if (!check_id("snapshot", a) || !check_id("snapshot", b))
 		return EXIT_FAILURE;
-	r = kiln_snapshot_describe(ctx->region, a, &ia);
+	r = describe_usable(ctx, a, &ia);
 	if (r < 0) {
 		err_id(ctx, "snapshot", a, r);
 		return EXIT_FAILURE;
 	}
-	r = kiln_snapshot_describe(ctx->region, b, &ib);
+	r = describe_usable(ctx, b, &ib);
 	if (r < 0) {
 		err_id(ctx, "snapshot", b, r);
 		return EXIT_FAILURE;

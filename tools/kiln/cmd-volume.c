@@ -193,6 +193,8 @@ int cmd_volume_export(struct cli_ctx *ctx, const struct cli_args *args)
 	if (!check_id("volume", vol))
 		return EXIT_FAILURE;
 	r = kiln_volume_describe(ctx->region, vol, &vi);
+	if (r == 0 && strcmp(vi.owner, ctx->account) != 0)
+		r = -ENOENT;            /* another account's volume */
 	if (r < 0) {
 		err_id(ctx, "volume", vol, r);
 		return EXIT_FAILURE;
