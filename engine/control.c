@@ -83,10 +83,11 @@ static ssize_t read_line(int fd, char *buf, size_t cap)
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
-			return -errno;
+			/* nothing at all from the other side: it went away */
+			return n == 0 && errno == ECONNRESET ? -ENODATA : -errno;
 		}
 		if (r == 0)
-			return -EPIPE;
+			return n == 0 ? -ENODATA : -EPIPE;
 		if (buf[n] == '\n') {
 			buf[n] = '\0';
 			return (ssize_t)n;
@@ -213,8 +214,10 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct
 	return r;
 }
 
-/* Ask the owner of a busy volume for a snapshot. -EBUSY when nobody
- * answers there (the owner is not a daemon, or it died). */
+/* Ask the owner of a busy volume for a snapshot. -EAGAIN when nobody
+ * listens there, or the connection closed before any answer (a daemon's
+ * export closing, or the owner not a daemon): the caller tries the volume
+ * again. */
 int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *account,
 		     const char *description, char ret_id[KILN_ID_MAX])
 {
@@ -234,7 +237,7 @@ int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *
 	if (fd < 0)
 		return -errno;
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
-		return -EBUSY;
+		return errno == ECONNREFUSED || errno == ENOENT ? -EAGAIN : -EBUSY;
 	n = snprintf(line, sizeof line, "SNAPSHOT %s ", account);
 	hex_encode((const uint8_t *)(description ? description : ""), dlen, line + n);
 	strcat(line, "\n");
@@ -242,6 +245,8 @@ int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *
 	if (r < 0)
 		return r;
 	n = read_line(fd, reply, sizeof reply);
+	if (n == -ENODATA)
+		return -EAGAIN;         /* the export closed before it read us */
 	if (n < 0)
 		return -EIO;
 	if (strncmp(reply, "OK ", 3) == 0 && kiln_id_valid(reply + 3, "snap")) {

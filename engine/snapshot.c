@@ -366,9 +366,20 @@ int kiln_snapshot_create(struct kiln_region *rg, const char *account, const char
 
 	if (!kiln_account_valid(account))
 		return -EINVAL;
-	r = kiln_volume_open(rg, volume_id, KILN_OPEN_WRITE, &v);
-	if (r == -EBUSY)
-		return control_snapshot(rg, volume_id, account, description, ret_id);
+	/* Busy: its owner (kiln-nbd) takes the snapshot. An export that is
+	 * closing answers nobody, and a moment later the volume is free:
+	 * try both again for a while before calling the volume in use. */
+	for (int tries = 0;; tries++) {
+		r = kiln_volume_open(rg, volume_id, KILN_OPEN_WRITE, &v);
+		if (r != -EBUSY)
+			break;
+		r = control_snapshot(rg, volume_id, account, description, ret_id);
+		if (r != -EAGAIN)
+			return r;
+		if (tries == 50)
+			return -EBUSY;
+		usleep(20000);
+	}
 	if (r < 0)
 		return r;
 	r = kiln_volume_snapshot(v, account, description, progress, opaque, ret_id);

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "server.h"
@@ -352,6 +353,8 @@ static void ctl_release(void *opaque, struct kiln_volume *v)
 
 static const struct kiln_control_ops ctl_ops = { ctl_acquire, ctl_release, NULL };
 
+#define CONTROL_READ_TIMEOUT 2      /* seconds for a request line to arrive */
+
 static void *control_main(void *unused)
 {
 	(void)unused;
@@ -396,6 +399,12 @@ static void *control_main(void *unused)
 				continue;
 			cfd = accept4(e->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
 			if (cfd >= 0) {
+				/* kiln sends its request as it connects: a client
+				 * that says nothing must not hold up other
+				 * snapshots, or shutdown, for long. */
+				struct timeval tv = { .tv_sec = CONTROL_READ_TIMEOUT };
+
+				setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 				r = kiln_volume_control_serve(e->vol, cfd, &ctl_ops);
 				debug("control: %s: request served: %s", e->name, r < 0 ? strerror(-r) : "ok");
 				close(cfd);
