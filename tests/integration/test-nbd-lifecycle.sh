@@ -222,66 +222,50 @@ wait_until 10 eval "! nbd_alive $ewp" || gone="no, pid $ewp runs on (parent $(ps
 check_eq "$gone" yes "kiln-nbd --exit-with-parent (without --foreground) exited with the process that started it"
 
 # ---- snapshots through the control socket: a silent client, a closing export ----
+ctl=$KILN_STORE/regions/us-east-1/volumes/$blank.ctl
+# hold_export: an NBD client keeps $blank exported (in the background,
+# pid in $holder) until killed; returns once its control socket is there
+hold_export() {
+	/usr/bin/python3 -c 'import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+time.sleep(30)' "$(nbd_uri "$blank")" &
+	holder=$!
+	cleanup_fn "kill $holder 2>/dev/null"
+	wait_until 10 test -S "$ctl" || fail "no control socket $ctl while $blank is exported"
+}
+# say_nothing: a client connects to the control socket and sends nothing
+say_nothing() {
+	/usr/bin/python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+time.sleep(30)' "$ctl" &
+	cleanup_fn "kill $! 2>/dev/null"
+	sleep 0.2
+}
 # A client that connects to a volume's control socket and says nothing
 # holds up neither a snapshot of that volume nor the daemon's shutdown.
 start_nbd
-/usr/bin/python3 - "$(nbd_uri "$blank")" <<'PY' &
-import nbd, sys, time
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-time.sleep(30)
-PY
-holder=$!
-cleanup_fn "kill $holder 2>/dev/null"
-ctl=$KILN_STORE/regions/us-east-1/volumes/$blank.ctl
-wait_until 10 test -S "$ctl" || fail "no control socket $ctl while $blank is exported"
-/usr/bin/python3 -c 'import socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-time.sleep(30)' "$ctl" &
-silent=$!
-cleanup_fn "kill $silent 2>/dev/null"
-sleep 0.2
+hold_export
+say_nothing
 start=$(date +%s)
 timeout 20 "$KILN" snapshot create "$blank" >/dev/null || fail "snapshot create with a silent control client: exit $?"
 [ $(($(date +%s) - start)) -le 10 ] || fail "snapshot create waited $(($(date +%s) - start)) s for a silent control client"
-/usr/bin/python3 -c 'import socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-time.sleep(30)' "$ctl" &
-silent2=$!
-cleanup_fn "kill $silent2 2>/dev/null"
-sleep 0.2
+say_nothing
 stop_nbd                                # fails unless it exits within 10 s
-kill "$holder" "$silent" "$silent2" 2>/dev/null || true
+kill "$holder"
 # An export that is closing answers nobody on its control socket (here a
 # stale socket stands in for it); a moment later the volume is free. The
 # snapshot tries both again rather than call the volume in use.
 start_nbd
-/usr/bin/python3 - "$(nbd_uri "$blank")" <<'PY' &
-import nbd, sys, time
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-time.sleep(30)
-PY
-holder=$!
-cleanup_fn "kill $holder 2>/dev/null"
-wait_until 10 test -S "$ctl" || fail "no control socket $ctl while $blank is exported"
+hold_export
 rm -f "$ctl"
 /usr/bin/python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$ctl"   # nobody listens
 (sleep 0.5; kill "$holder") &
 "$KILN" snapshot create "$blank" >/dev/null 2>"$TMPDIR/closing.err" ||
 	fail "snapshot create while the export closes: $(cat "$TMPDIR/closing.err")"
 # and a volume that stays busy with nobody answering is in use, after a while
-/usr/bin/python3 - "$(nbd_uri "$blank")" <<'PY' &
-import nbd, sys, time
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-time.sleep(30)
-PY
-holder=$!
-cleanup_fn "kill $holder 2>/dev/null"
-wait_until 10 test -S "$ctl" || fail "no control socket $ctl while $blank is exported again"
+hold_export
 rm -f "$ctl"
 expect_fail "$KILN" snapshot create "$blank"
 [[ $ERR == *"is in use"* ]] || fail "snapshot of a busy volume nobody answers for: $ERR"
