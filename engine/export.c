@@ -9,6 +9,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -36,7 +38,15 @@ int export_raw(struct kiln_region *rg, uint64_t size, uint32_t chunk_size,
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	blockdev = S_ISBLK(st.st_mode);
-	if (!blockdev) {
+	if (blockdev) {
+		uint64_t dev_size;
+
+		/* Too small: refuse before writing a byte of it. */
+		if (ioctl(fd, BLKGETSIZE64, &dev_size) < 0)
+			return -errno;
+		if (dev_size < size)
+			return -EFBIG;
+	} else {
 		/* Empty first, so every hole we leave reads as zero. */
 		if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)size) < 0)
 			return -errno;

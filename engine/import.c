@@ -114,7 +114,7 @@ static int check_reads(struct io_req *reqs, size_t n, uint64_t size, uint32_t cs
 		if (q->res < 0)
 			return q->res;
 		if ((uint64_t)q->res < want)
-			return -EIO;    /* the image shrank under us */
+			return -ESTALE; /* the image shrank under us */
 		if ((uint32_t)q->res < cs)
 			memset((uint8_t *)q->buf + q->res, 0, cs - (uint32_t)q->res);
 	}

@@ -176,6 +176,10 @@ bad "empty" volume import "$TMPDIR/empty"
 bad "No such file" volume import "$TMPDIR/nonexistent"
 bad "directory" volume import "$TMPDIR"
 bad "not a regular file" volume import /dev/null
+# a FIFO is refused at once (opening one would wait for a writer)
+mkfifo "$TMPDIR/fifo"
+expect_fail timeout 10 "$KILN" volume import "$TMPDIR/fifo"
+[[ $ERR == *"fifo is not a regular file or a block device"* ]] || fail "import of a FIFO: $ERR"
 bad "snapshot export|$TMPDIR/nodir" snapshot export "$snap" "$TMPDIR/nodir/out.img"
 bad "volume export|$TMPDIR/nodir" volume export "$vol" "$TMPDIR/nodir/out.img"
 bad "Is a directory|directory" snapshot export "$snap" "$TMPDIR"
@@ -335,6 +339,24 @@ snap2=$(kiln snapshot create "$vol2")
 cmp_snapshot "$snap2" "$TMPDIR/after.img"
 cmp_snapshot "$snap" "$small"
 verify_clean
+
+# block devices: one larger than the volume is refused with both sizes;
+# one smaller than the volume is not written at all
+make_random "$TMPDIR/dev2m.img" 2M dev2m
+make_random "$TMPDIR/dev512k.img" 512K dev512k
+cp "$TMPDIR/dev512k.img" "$TMPDIR/dev512k.orig"
+dev2m=$(losetup -f --show "$TMPDIR/dev2m.img") || fail "losetup"
+cleanup_fn losetup -d "$dev2m"
+dev512k=$(losetup -f --show "$TMPDIR/dev512k.img") || fail "losetup"
+cleanup_fn losetup -d "$dev512k"
+small1m=$(kiln volume create --size 1M)
+expect_fail kiln volume import "$dev2m" --volume-id "$small1m"
+[[ $ERR == *"(2097152 bytes) is larger than volume $small1m (1048576 bytes)"* ]] || fail "a 2 MiB device into 1 MiB: $ERR"
+expect_fail kiln volume export "$small1m" "$dev512k"
+[[ $ERR == *"smaller than the volume; nothing was written"* ]] || fail "export to a 512 KiB device: $ERR"
+losetup -d "$dev512k"
+cmp "$TMPDIR/dev512k.img" "$TMPDIR/dev512k.orig" || fail "a refused export wrote to the device"
+kiln volume delete "$small1m"
 
 # a disk filled from outside the store, to the last block: the catalog
 # cannot even open without the reserve, and with it reading, deleting and

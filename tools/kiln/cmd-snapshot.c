@@ -219,7 +219,8 @@ int cmd_snapshot_export(struct cli_ctx *ctx, const struct cli_args *args)
 		if (r == -EXDEV || r == -EBADMSG)
 			err_id(ctx, "snapshot", snap, r);
 		else
-			errmsg_errno(r, "cannot export snapshot %s to %s", snap, path);
+			errmsg_errno(r, "cannot export snapshot %s to %s%s", snap, path,
+				     r == -EFBIG ? " (a device smaller than the snapshot; nothing was written)" : "");
 		return EXIT_FAILURE;
 	}
 	return EXIT_SUCCESS;

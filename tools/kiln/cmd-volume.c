@@ -2,8 +2,11 @@
 /* cmd-volume.c: kiln volume create, import, export, describe and delete. */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,12 +87,35 @@ int cmd_volume_create(struct cli_ctx *ctx, const struct cli_args *args)
 	return EXIT_SUCCESS;
 }
 
+/* The size of an import's source: a file's, or a block device's. */
+static uint64_t input_size(const char *path, const struct stat *st)
+{
+	uint64_t n = 0;
+	int fd;
+
+	if (S_ISREG(st->st_mode))
+		return (uint64_t)st->st_size;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (ioctl(fd, BLKGETSIZE64, &n) < 0)
+			n = 0;
+		close(fd);
+	}
+	return n;
+}
+
 /* Fail early, with the file's name, on what the engine would report as a
  * bare errno that could as well be about the volume. */
 static int check_input(const char *path, struct stat *ret_st)
 {
 	int fd;
 
+	/* Before opening: opening a FIFO waits for a writer. */
+	if (stat(path, ret_st) == 0 && !S_ISREG(ret_st->st_mode) && !S_ISBLK(ret_st->st_mode) &&
+	    !S_ISDIR(ret_st->st_mode)) {
+		errmsg("%s is not a regular file or a block device", path);
+		return -1;
+	}
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		errmsg_errno(-errno, "%s", path);
@@ -146,7 +172,7 @@ int cmd_volume_import(struct cli_ctx *ctx, const struct cli_args *args)
 	struct kiln_volume_info vi;
 	struct progress *prog;
 	struct stat st;
-	char id[KILN_ID_MAX], h1[HUMAN_SIZE_MAX], h2[HUMAN_SIZE_MAX];
+	char id[KILN_ID_MAX];
 	uint64_t changed = 0;
 	int r;
 
@@ -160,10 +186,9 @@ int cmd_volume_import(struct cli_ctx *ctx, const struct cli_args *args)
 			err_id(ctx, "volume", vol, r);
 			return EXIT_FAILURE;
 		}
-		if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > vi.size) {
-			errmsg("%s (%s) is larger than volume %s (%s)", path,
-			       human_size((uint64_t)st.st_size, h1), vol,
-			       human_size(vi.size, h2));
+		if (input_size(path, &st) > vi.size) {
+			errmsg("%s (%" PRIu64 " bytes) is larger than volume %s (%" PRIu64 " bytes)", path,
+			       input_size(path, &st), vol, vi.size);
 			return EXIT_FAILURE;
 		}
 	}
@@ -175,6 +200,11 @@ int cmd_volume_import(struct cli_ctx *ctx, const struct cli_args *args)
 	if (r < 0) {
 		if (vol && (r == -ENOENT || r == -EXDEV || r == -EBUSY))
 			err_id(ctx, "volume", vol, r);
+		else if (r == -ESTALE && vol)
+			errmsg("%s shrank while it was read: volume %s now holds part of it; "
+			       "import it again once it is still", path, vol);
+		else if (r == -ESTALE)
+			errmsg("%s shrank while it was read: nothing was imported", path);
 		else
 			errmsg_errno(r, "cannot import %s", path);
 		return EXIT_FAILURE;
@@ -209,7 +239,8 @@ int cmd_volume_export(struct cli_ctx *ctx, const struct cli_args *args)
 		if (r == -EXDEV || r == -EBUSY || r == -EBADMSG)
 			err_id(ctx, "volume", vol, r);
 		else
-			errmsg_errno(r, "cannot export volume %s to %s", vol, path);
+			errmsg_errno(r, "cannot export volume %s to %s%s", vol, path,
+				     r == -EFBIG ? " (a device smaller than the volume; nothing was written)" : "");
 		return EXIT_FAILURE;
 	}
 	return EXIT_SUCCESS;
