@@ -347,7 +347,7 @@ int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region 
 	 * index): on a full disk, the reserve makes it, so that deletes and
 	 * gc (and reading) still work. */
 	r = catalog_open(rg->dirfd, name, &rg->cat);
-	if ((r == -ENOSPC || r == -EIO || disk_full(rg)) && region_release_reserve(rg))
+	if (r < 0 && (r == -ENOSPC || r == -EIO || disk_full(rg)) && region_release_reserve(rg))
 		r = catalog_open(rg->dirfd, name, &rg->cat);
 	if (r < 0 && disk_full(rg))
 		r = -ENOSPC;

@@ -291,7 +291,7 @@ struct list_ctx {
 static int list_volume(void *opaque, const struct kiln_volume_info *v)
 {
 	struct list_ctx *l = opaque;
-	char desc[sizeof ((struct export *)0)->description];
+	char desc[EXPORT_DESCRIPTION_MAX];
 
 	if (!allowed(v->id))
 		return 0;
@@ -302,7 +302,7 @@ static int list_volume(void *opaque, const struct kiln_volume_info *v)
 static int list_snapshot(void *opaque, const struct kiln_snapshot_info *s)
 {
 	struct list_ctx *l = opaque;
-	char desc[sizeof ((struct export *)0)->description];
+	char desc[EXPORT_DESCRIPTION_MAX];
 
 	if (s->state != KILN_SNAPSHOT_COMPLETED || !allowed(s->id))
 		return 0;

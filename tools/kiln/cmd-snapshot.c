@@ -171,19 +171,35 @@ int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args)
 	return EXIT_SUCCESS;
 }
 
-int cmd_snapshot_delete(struct cli_ctx *ctx, const struct cli_args *args)
+/* The snapshot, which must be the caller's (as EC2 has it for deleting
+ * it and for its attributes); -1 after a message. */
+static int check_owner(const struct cli_ctx *ctx, const char *snap)
 {
-	const char *snap = args->argv[0];
 	struct kiln_snapshot_info si;
 	int r;
 
 	if (!check_id("snapshot", snap))
-		return EXIT_FAILURE;
+		return -1;
 	r = kiln_snapshot_describe(ctx->region, snap, &si);
-	if (r == 0 && strcmp(si.owner, ctx->account) != 0)
-		r = -EPERM;
-	if (r == 0)
-		r = kiln_snapshot_delete(ctx->region, snap);
+	if (r < 0) {
+		err_id(ctx, "snapshot", snap, r);
+		return -1;
+	}
+	if (strcmp(si.owner, ctx->account) != 0) {
+		err_id(ctx, "snapshot", snap, -EPERM);
+		return -1;
+	}
+	return 0;
+}
+
+int cmd_snapshot_delete(struct cli_ctx *ctx, const struct cli_args *args)
+{
+	const char *snap = args->argv[0];
+	int r;
+
+	if (check_owner(ctx, snap) < 0)
+		return EXIT_FAILURE;
+	r = kiln_snapshot_delete(ctx->region, snap);
 	if (r < 0) {
 		err_id(ctx, "snapshot", snap, r);
 		return EXIT_FAILURE;
@@ -312,27 +328,6 @@ int cmd_snapshot_diff(struct cli_ctx *ctx, const struct cli_args *args)
 }
 
 /* ---- createVolumePermission ------------------------------------------ */
-
-/* The snapshot, which must be the caller's (as EC2 has it for its
- * attributes); -1 after a message. */
-static int check_owner(const struct cli_ctx *ctx, const char *snap)
-{
-	struct kiln_snapshot_info si;
-	int r;
-
-	if (!check_id("snapshot", snap))
-		return -1;
-	r = kiln_snapshot_describe(ctx->region, snap, &si);
-	if (r < 0) {
-		err_id(ctx, "snapshot", snap, r);
-		return -1;
-	}
-	if (strcmp(si.owner, ctx->account) != 0) {
-		err_id(ctx, "snapshot", snap, -EPERM);
-		return -1;
-	}
-	return 0;
-}
 
 int cmd_snapshot_modify_attribute(struct cli_ctx *ctx, const struct cli_args *args)
 {

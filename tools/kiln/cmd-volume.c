@@ -87,6 +87,18 @@ int cmd_volume_create(struct cli_ctx *ctx, const struct cli_args *args)
 	return EXIT_SUCCESS;
 }
 
+/* The volume, if it is the caller's account's; not_mine (-ENOENT: it is
+ * not there for it; -EPERM: only the owner may) otherwise. */
+static int describe_own(const struct cli_ctx *ctx, const char *vol, struct kiln_volume_info *vi,
+			int not_mine)
+{
+	int r = kiln_volume_describe(ctx->region, vol, vi);
+
+	if (r == 0 && strcmp(vi->owner, ctx->account) != 0)
+		r = not_mine;
+	return r;
+}
+
 /* The size of an import's source: a file's, or a block device's. */
 static uint64_t input_size(const char *path, const struct stat *st)
 {
@@ -110,13 +122,9 @@ static int check_input(const char *path, struct stat *ret_st)
 {
 	int fd;
 
-	/* Before opening: opening a FIFO waits for a writer. */
-	if (stat(path, ret_st) == 0 && !S_ISREG(ret_st->st_mode) && !S_ISBLK(ret_st->st_mode) &&
-	    !S_ISDIR(ret_st->st_mode)) {
-		errmsg("%s is not a regular file or a block device", path);
-		return -1;
-	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: opening a FIFO would wait for a writer (it is refused
+	 * below, as anything that is not a file or a block device is). */
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
 		errmsg_errno(-errno, "%s", path);
 		return -1;
@@ -186,9 +194,11 @@ int cmd_volume_import(struct cli_ctx *ctx, const struct cli_args *args)
 			err_id(ctx, "volume", vol, r);
 			return EXIT_FAILURE;
 		}
-		if (input_size(path, &st) > vi.size) {
+		uint64_t size = input_size(path, &st);
+
+		if (size > vi.size) {
 			errmsg("%s (%" PRIu64 " bytes) is larger than volume %s (%" PRIu64 " bytes)", path,
-			       input_size(path, &st), vol, vi.size);
+			       size, vol, vi.size);
 			return EXIT_FAILURE;
 		}
 	}
@@ -222,9 +232,7 @@ int cmd_volume_export(struct cli_ctx *ctx, const struct cli_args *args)
 
 	if (!check_id("volume", vol))
 		return EXIT_FAILURE;
-	r = kiln_volume_describe(ctx->region, vol, &vi);
-	if (r == 0 && strcmp(vi.owner, ctx->account) != 0)
-		r = -ENOENT;            /* another account's volume */
+	r = describe_own(ctx, vol, &vi, -ENOENT);
 	if (r < 0) {
 		err_id(ctx, "volume", vol, r);
 		return EXIT_FAILURE;
@@ -330,9 +338,7 @@ int cmd_volume_describe(struct cli_ctx *ctx, const struct cli_args *args)
 	if (vol) {
 		if (!check_id("volume", vol))
 			return EXIT_FAILURE;
-		r = kiln_volume_describe(ctx->region, vol, &one);
-		if (r == 0 && strcmp(one.owner, ctx->account) != 0)
-			r = -ENOENT;    /* as EC2: not there for another account */
+		r = describe_own(ctx, vol, &one, -ENOENT);      /* as EC2 */
 		if (r < 0) {
 			err_id(ctx, "volume", vol, r);
 			return EXIT_FAILURE;
@@ -362,9 +368,7 @@ int cmd_volume_delete(struct cli_ctx *ctx, const struct cli_args *args)
 
 	if (!check_id("volume", vol))
 		return EXIT_FAILURE;
-	r = kiln_volume_describe(ctx->region, vol, &vi);
-	if (r == 0 && strcmp(vi.owner, ctx->account) != 0)
-		r = -EPERM;
+	r = describe_own(ctx, vol, &vi, -EPERM);
 	if (r == 0)
 		r = kiln_volume_delete(ctx->region, vol);
 	if (r < 0) {
