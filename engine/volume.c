@@ -34,15 +34,6 @@
 
 #define CHUNK_LOCKS 64
 
-/* The overlay is written in pieces of at most this many bytes, each
- * aligned to its size. The page cache makes a folio as large as the write
- * that creates it, and ext4 walks every block of a folio on each later
- * write into it, so a 4 KiB write costs in proportion to the folio: on
- * the bench machine 4.9 us into a 64 KiB folio, 21 us into a 1 MiB one.
- * Small random writes are what an overlay takes most; sequential I/O
- * through 64 KiB folios still runs at several GB/s. */
-#define OVERLAY_PIECE (64u * 1024)
-
 char *volume_file(const char *volume_id, const char *suffix)
 {
 	char *s;
@@ -579,20 +570,20 @@ static int plan_add(struct io_plan *pl, const struct io_req *q, size_t owner, ui
 	return 0;
 }
 
-static int check_range(const struct kiln_volume *v, uint64_t count, uint64_t offset)
+int volume_check_range(const struct kiln_volume *v, uint64_t count, uint64_t offset)
 {
 	if (offset > v->map->size || count > v->map->size - offset)
 		return -EINVAL;
 	return 0;
 }
 
-static enum chunk_state get_state(struct kiln_volume *v, uint64_t i)
+enum chunk_state volume_chunk_state(struct kiln_volume *v, uint64_t i)
 {
 	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
 	return vmap_state(v->map, i);
 }
 
-static void set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, bool dirty)
+void volume_set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, bool dirty)
 {
 	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
 	vmap_set(v->map, i, s, dirty);
@@ -602,7 +593,7 @@ static void set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, boo
 }
 
 /* Bytes of chunk i that lie inside the volume. */
-static uint32_t chunk_len(const struct kiln_volume *v, uint64_t i)
+uint32_t volume_chunk_len(const struct kiln_volume *v, uint64_t i)
 {
 	uint64_t start = i * v->map->chunk_size;
 
@@ -623,7 +614,7 @@ static int plan_read(struct kiln_volume *v, struct io_plan *pl, void *buf, uint6
 		uint8_t *dst = out + (pos - offset);
 		int r;
 
-		switch (get_state(v, i)) {
+		switch (volume_chunk_state(v, i)) {
 		case CHUNK_ZERO:
 			memset(dst, 0, e - pos);
 			break;
@@ -677,7 +668,7 @@ static int write_now(struct io_req *q)
 }
 
 /* Write len bytes at off into the overlay now, in OVERLAY_PIECE pieces. */
-static int write_pieces(struct kiln_volume *v, const uint8_t *buf, uint32_t len, uint64_t off)
+int volume_write_pieces(struct kiln_volume *v, const uint8_t *buf, uint32_t len, uint64_t off)
 {
 	for (uint32_t done = 0; done < len;) {
 		uint64_t pos = off + done;
@@ -698,7 +689,7 @@ static int copy_up(struct kiln_volume *v, struct io_plan *pl, uint64_t i, const 
 {
 	uint32_t cs = v->map->chunk_size;
 	uint64_t cstart = i * cs;
-	uint32_t len = chunk_len(v, i);
+	uint32_t len = volume_chunk_len(v, i);
 	uint8_t *tmp = pl->scratch;
 	int r;
 
@@ -711,10 +702,10 @@ static int copy_up(struct kiln_volume *v, struct io_plan *pl, uint64_t i, const 
 		memcpy(tmp + (s - cstart), src, e - s);
 	else
 		memset(tmp + (s - cstart), 0, e - s);
-	r = write_pieces(v, tmp, len, cstart);
+	r = volume_write_pieces(v, tmp, len, cstart);
 	if (r < 0)
 		return r;
-	set_state(v, i, CHUNK_LOCAL, true);
+	volume_set_state(v, i, CHUNK_LOCAL, true);
 	return 0;
 }
 
@@ -779,23 +770,23 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 		uint64_t i = pos / cs, cstart = i * cs;
 		uint64_t e = MIN(offset + count, cstart + cs);
 		const uint8_t *p = src ? (const uint8_t *)src + (pos - offset) : NULL;
-		bool whole = pos == cstart && e == cstart + chunk_len(v, i);
+		bool whole = pos == cstart && e == cstart + volume_chunk_len(v, i);
 		pthread_mutex_t *lock = &v->chunk_locks[i % CHUNK_LOCKS];
 		enum chunk_state st;
 		int r = 0;
 
 		pthread_mutex_lock(lock);
-		st = get_state(v, i);
+		st = volume_chunk_state(v, i);
 		if (!p && (whole || st == CHUNK_ZERO)) {
 			/* Zeroing: the chunk, or a range of a zero chunk. */
 			if (st == CHUNK_LOCAL)
-				r = punch(v, cstart, chunk_len(v, i));
+				r = punch(v, cstart, volume_chunk_len(v, i));
 			if (r == 0 && st != CHUNK_ZERO)
-				set_state(v, i, CHUNK_ZERO, true);
+				volume_set_state(v, i, CHUNK_ZERO, true);
 		} else if (!p && st == CHUNK_LOCAL) {
 			r = punch(v, pos, e - pos);
 			if (r == 0)
-				set_state(v, i, CHUNK_LOCAL, true);
+				volume_set_state(v, i, CHUNK_LOCAL, true);
 		} else if (st == CHUNK_BASE && !whole) {
 			r = copy_up(v, pl, i, p, pos, e);
 		} else {
@@ -868,7 +859,7 @@ static int plan_run(struct kiln_volume *v, struct io_plan *pl, int *results)
 			uint32_t cs = v->map->chunk_size;
 
 			for (uint64_t c = q->off / cs; c <= (q->off + q->len - 1) / cs; c++)
-				set_state(v, c, CHUNK_LOCAL, true);
+				volume_set_state(v, c, CHUNK_LOCAL, true);
 		}
 	}
 	return results ? 0 : r;
@@ -902,7 +893,7 @@ int volume_write_locked(struct kiln_volume *v, const void *src, uint64_t count, 
 
 int kiln_volume_read(struct kiln_volume *v, void *buf, uint64_t count, uint64_t offset)
 {
-	int r = check_range(v, count, offset);
+	int r = volume_check_range(v, count, offset);
 
 	if (r < 0)
 		return r;
@@ -914,7 +905,7 @@ int kiln_volume_read(struct kiln_volume *v, void *buf, uint64_t count, uint64_t 
 
 static int do_write(struct kiln_volume *v, const void *buf, uint64_t count, uint64_t offset)
 {
-	int r = check_range(v, count, offset);
+	int r = volume_check_range(v, count, offset);
 
 	if (r < 0)
 		return r;
@@ -955,7 +946,7 @@ int kiln_volume_submit(struct kiln_volume *v, struct kiln_io *ios, size_t n)
 	pthread_rwlock_rdlock(&v->io_lock);
 	for (size_t k = 0; k < n; k++) {
 		struct kiln_io *io = &ios[k];
-		int r = check_range(v, io->count, io->offset);
+		int r = volume_check_range(v, io->count, io->offset);
 
 		if (r == 0 && io->op == KILN_IO_WRITE && !v->writable)
 			r = -EROFS;
@@ -1002,7 +993,7 @@ int kiln_volume_map_status(struct kiln_volume *v, uint64_t count, uint64_t offse
 {
 	uint32_t cs = v->map->chunk_size;
 	uint64_t pos = offset, end;
-	int r = check_range(v, count, offset);
+	int r = volume_check_range(v, count, offset);
 
 	if (r < 0)
 		return r;

@@ -162,6 +162,32 @@ struct kiln_io {
 };
 int kiln_volume_submit(struct kiln_volume *volume, struct kiln_io *ios, size_t n);
 
+/* A write whose payload is handed over in parts as it arrives, from
+ * memory or through a pipe. kiln-nbd splices a large write's payload from
+ * its socket into a pipe, and the engine splices it on into the overlay,
+ * so the bytes are copied once (into the page cache) instead of twice.
+ *
+ * begin checks the whole range first: a write that needs a chunk's old
+ * bytes (part of a chunk still in the base snapshot) is -EOPNOTSUPP, as
+ * are a read-only volume and a range outside it; nothing is taken then,
+ * and the write goes through kiln_volume_write. The parts come in order
+ * and add up to count. After a part fails to reach the overlay the later
+ * ones are still taken and dropped, so the caller's stream stays in step;
+ * end returns the first error. The chunks the write fills change state
+ * (and are dirty) at end, so only a write that ends whole is seen as one. */
+struct kiln_stream_write {
+	struct kiln_volume *volume;
+	uint64_t offset, count, done;
+	int result;
+};
+int kiln_volume_stream_begin(struct kiln_volume *volume, uint64_t count,
+			     uint64_t offset, struct kiln_stream_write *ret_write);
+void kiln_volume_stream_buf(struct kiln_stream_write *w, const void *buf, size_t len);
+/* Take len bytes from pipe_fd, which holds them already. 0, or -errno if
+ * the pipe could not be read (the stream is lost). */
+int kiln_volume_stream_pipe(struct kiln_stream_write *w, int pipe_fd, size_t len);
+int kiln_volume_stream_end(struct kiln_stream_write *w);
+
 /* Make every write that completed before the call durable. */
 int kiln_volume_flush(struct kiln_volume *volume);
 

@@ -1,0 +1,309 @@
+/* SPDX-License-Identifier: MIT */
+/* test-streamwrite.c: writes whose payload comes in parts, from memory
+ * and through a pipe (engine/streamwrite.c), as kiln-nbd splices large
+ * writes: the parts land where they belong, the chunks they fill become
+ * LOCAL and dirty only when the write ends whole, a write that needs a
+ * chunk's old bytes is refused before anything is taken, and a part that
+ * fails (the file size limit makes the overlay refuse it) leaves every
+ * chunk as it was while the stream stays in step. */
+#include "unit.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define CS 16384u                   /* the test stores' chunk size */
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define ACCOUNT KILN_DEFAULT_ACCOUNT
+
+static int setup(void **state)
+{
+	*state = unit_store_new(CS);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	unit_store_free(*state);
+	return 0;
+}
+
+static struct kiln_region *rg_of(void **state)
+{
+	return ((struct unit_store *)*state)->region;
+}
+
+static struct kiln_volume *open_volume(struct kiln_region *rg, const char *id, unsigned flags)
+{
+	struct kiln_volume *v = NULL;
+
+	assert_rc(kiln_volume_open(rg, id, flags, &v), 0);
+	return v;
+}
+
+static void assert_volume_is(struct kiln_volume *v, const uint8_t *model)
+{
+	uint64_t size = kiln_volume_size(v);
+	uint8_t *buf = malloc(size);
+
+	assert_non_null(buf);
+	memset(buf, 0xee, size);
+	assert_rc(kiln_volume_read(v, buf, size, 0), 0);
+	for (uint64_t i = 0; i < size; i++)
+		if (buf[i] != model[i])
+			fail_msg("byte %llu (chunk %llu + %llu): 0x%02x, want 0x%02x",
+				 (unsigned long long)i, (unsigned long long)(i / CS),
+				 (unsigned long long)(i % CS), buf[i], model[i]);
+	free(buf);
+}
+
+static void make_pipe(int p[2])
+{
+	assert_rc(pipe(p), 0);
+	assert_true(fcntl(p[1], F_SETPIPE_SZ, 1 << 20) >= 1 << 20);
+}
+
+/* Put len bytes into the pipe, then hand them to the write as one part. */
+static int pipe_part(struct kiln_stream_write *w, int p[2], const uint8_t *src, size_t len)
+{
+	assert_int_equal(write(p[1], src, len), (ssize_t)len);
+	return kiln_volume_stream_pipe(w, p[0], len);
+}
+
+static void assert_pipe_empty(int p[2])
+{
+	int n = -1;
+
+	assert_rc(ioctl(p[0], FIONREAD, &n), 0);
+	assert_int_equal(n, 0);
+}
+
+/* A volume of nchunks chunks of random data, its snapshot, and a volume
+ * created from that snapshot (every chunk BASE), opened for writing. */
+static struct kiln_volume *cow_volume(struct kiln_region *rg, uint64_t nchunks, uint8_t *model)
+{
+	char src[KILN_ID_MAX], snap[KILN_ID_MAX], cow[KILN_ID_MAX];
+	uint64_t size = nchunks * CS;
+	struct kiln_volume *v;
+
+	assert_rc(kiln_volume_create(rg, ACCOUNT, size, NULL, src), 0);
+	v = open_volume(rg, src, KILN_OPEN_WRITE);
+	unit_fill_random(model, size, 4242);
+	assert_rc(kiln_volume_write(v, model, size, 0), 0);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_rc(kiln_volume_close(v), 0);
+	assert_rc(kiln_volume_create(rg, ACCOUNT, size, snap, cow), 0);
+	return open_volume(rg, cow, KILN_OPEN_WRITE);
+}
+
+/* Dirty chunks as the map on disk has them, after a flush. */
+static uint64_t dirty_chunks(struct kiln_region *rg, struct kiln_volume *v)
+{
+	struct kiln_volume_info info;
+
+	assert_rc(kiln_volume_flush(v), 0);
+	assert_rc(kiln_volume_describe(rg, kiln_volume_id(v), &info), 0);
+	return info.dirty_chunks;
+}
+
+/* Parts from memory and from the pipe, of sizes that cross chunks and
+ * overlay pieces, make one write; its chunks are dirty after it, and the
+ * next snapshot holds its bytes. */
+static void test_parts_make_one_write(void **state)
+{
+	struct kiln_region *rg = rg_of(state);
+	const uint64_t size = 80 * (uint64_t)CS, off = CS / 2, count = 70 * (uint64_t)CS + 100;
+	uint8_t *model = calloc(1, size), *src = malloc(count), *back = malloc(size);
+	static const size_t parts[] = { 3000, 1, CS, 70000, 4 * CS + 7, 300000, 99 };
+	struct kiln_stream_write w;
+	char id[KILN_ID_MAX], snap[KILN_ID_MAX];
+	struct kiln_snapshot_info si;
+	struct kiln_volume *v;
+	uint64_t done = 0;
+	int p[2];
+
+	assert_non_null(model);
+	assert_non_null(src);
+	assert_non_null(back);
+	make_pipe(p);
+	assert_rc(kiln_volume_create(rg, ACCOUNT, size, NULL, id), 0);
+	v = open_volume(rg, id, KILN_OPEN_WRITE);
+	unit_fill_random(src, count, 7);
+	memcpy(model + off, src, count);
+
+	assert_rc(kiln_volume_stream_begin(v, count, off, &w), 0);
+	kiln_volume_stream_buf(&w, src, parts[0]);
+	done = parts[0];
+	for (size_t k = 1; k < ARRAY_SIZE(parts); k++) {
+		assert_rc(pipe_part(&w, p, src + done, parts[k]), 0);
+		done += parts[k];
+	}
+	assert_rc(pipe_part(&w, p, src + done, count - done), 0);
+	assert_int_equal(dirty_chunks(rg, v), 0);       /* nothing changes state before the end */
+	assert_rc(kiln_volume_stream_end(&w), 0);
+	assert_pipe_empty(p);
+	assert_volume_is(v, model);
+	assert_int_equal(dirty_chunks(rg, v), 71);
+
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_rc(kiln_snapshot_describe(rg, snap, &si), 0);
+	assert_int_equal(si.chunks_changed, 71);
+	assert_rc(kiln_snapshot_read(rg, snap, back, size, 0), 0);
+	assert_memory_equal(back, model, size);
+	assert_rc(kiln_volume_close(v), 0);
+	close(p[0]);
+	close(p[1]);
+	free(back);
+	free(src);
+	free(model);
+}
+
+/* Over a volume created from a snapshot: whole BASE chunks are written
+ * without their old bytes; a write over part of one is refused at begin
+ * (and then done by kiln_volume_write, which copies the chunk up); and a
+ * write that ends short leaves its chunks reading what they held. */
+static void test_base_chunks(void **state)
+{
+	struct kiln_region *rg = rg_of(state);
+	const uint64_t nchunks = 8, size = nchunks * CS;
+	uint8_t *model = malloc(size), *src = malloc(4 * CS);
+	struct kiln_stream_write w;
+	struct kiln_volume *v;
+	int p[2];
+
+	assert_non_null(model);
+	assert_non_null(src);
+	make_pipe(p);
+	v = cow_volume(rg, nchunks, model);
+	unit_fill_random(src, 4 * CS, 99);
+
+	/* part of chunk 1, or chunks 1 and 2 and part of 3: refused */
+	assert_rc(kiln_volume_stream_begin(v, CS - 10, CS + 10, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS + 1, CS, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_write(v, src, CS - 10, CS + 10), 0);
+	memcpy(model + CS + 10, src, CS - 10);
+
+	/* chunks 2 and 3 whole */
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), 0);
+	assert_rc(pipe_part(&w, p, src, 2 * CS), 0);
+	assert_rc(kiln_volume_stream_end(&w), 0);
+	memcpy(model + 2 * CS, src, 2 * CS);
+	assert_volume_is(v, model);
+
+	/* chunk 1 is LOCAL now: a part of it goes straight in */
+	assert_rc(kiln_volume_stream_begin(v, 100, CS + 5, &w), 0);
+	kiln_volume_stream_buf(&w, src + 7, 100);
+	assert_rc(kiln_volume_stream_end(&w), 0);
+	memcpy(model + CS + 5, src + 7, 100);
+	assert_volume_is(v, model);
+
+	/* chunks 5 and 6, cut short after one and a half chunks: an error,
+	 * and both chunks still read their old bytes, also once a small
+	 * write has copied chunk 5 up */
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 5 * CS, &w), 0);
+	assert_rc(pipe_part(&w, p, src, CS + CS / 2), 0);
+	assert_rc(kiln_volume_stream_end(&w), -EIO);
+	assert_volume_is(v, model);
+	assert_rc(kiln_volume_write(v, "x", 1, 5 * CS + 3), 0);
+	model[5 * CS + 3] = 'x';
+	assert_volume_is(v, model);
+
+	/* a part beyond the write's count: an error, and nothing changes */
+	assert_rc(kiln_volume_stream_begin(v, CS, 7 * CS, &w), 0);
+	kiln_volume_stream_buf(&w, src, CS / 2);
+	assert_rc(pipe_part(&w, p, src, CS), 0);       /* taken from the pipe, not written */
+	assert_pipe_empty(p);
+	assert_rc(kiln_volume_stream_end(&w), -EIO);
+	assert_volume_is(v, model);
+
+	assert_rc(kiln_volume_close(v), 0);
+	close(p[0]);
+	close(p[1]);
+	free(src);
+	free(model);
+}
+
+/* What begin refuses takes nothing: a read-only volume, a range outside
+ * the volume, an empty write. */
+static void test_refused(void **state)
+{
+	struct kiln_region *rg = rg_of(state);
+	struct kiln_stream_write w;
+	char id[KILN_ID_MAX];
+	struct kiln_volume *v;
+
+	assert_rc(kiln_volume_create(rg, ACCOUNT, 4 * CS, NULL, id), 0);
+	v = open_volume(rg, id, KILN_OPEN_READONLY);
+	assert_rc(kiln_volume_stream_begin(v, CS, 0, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_close(v), 0);
+	v = open_volume(rg, id, KILN_OPEN_WRITE);
+	assert_rc(kiln_volume_stream_begin(v, CS + 1, 3 * CS, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(v, 1, UINT64_MAX, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(v, 0, 0, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(v, 4 * CS, 0, &w), 0);
+	assert_rc(kiln_volume_close(v), 0);
+}
+
+/* The overlay refuses a part (the file size limit stands in for a full
+ * disk): the later parts are still taken from the pipe, the write ends
+ * with the error, and no chunk changes. A part the pipe does not hold
+ * loses the stream at once instead of waiting. */
+static void test_failed_part(void **state)
+{
+	struct kiln_region *rg = rg_of(state);
+	const uint64_t size = 8 * (uint64_t)CS;
+	uint8_t *model = malloc(size), *src = malloc(4 * CS);
+	struct rlimit old, lim;
+	struct kiln_stream_write w;
+	struct kiln_volume *v;
+	int p[2];
+
+	assert_non_null(model);
+	assert_non_null(src);
+	make_pipe(p);
+	v = cow_volume(rg, 8, model);
+	unit_fill_random(src, 4 * CS, 5);
+
+	signal(SIGXFSZ, SIG_IGN);
+	assert_rc(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 5 * CS;
+	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	assert_rc(kiln_volume_stream_begin(v, 3 * CS, 4 * CS, &w), 0);
+	assert_rc(pipe_part(&w, p, src, CS / 2), 0);           /* below the limit: written */
+	assert_rc(pipe_part(&w, p, src + CS / 2, 2 * CS), 0);   /* crosses it */
+	assert_rc(pipe_part(&w, p, src + CS / 2 + 2 * CS, CS / 2), 0);
+	assert_pipe_empty(p);
+	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	assert_rc(kiln_volume_stream_end(&w), -EFBIG);
+	assert_volume_is(v, model);
+	assert_int_equal(dirty_chunks(rg, v), 0);
+
+	assert_rc(kiln_volume_stream_begin(v, CS, 0, &w), 0);
+	assert_int_equal(write(p[1], src, 100), 100);
+	assert_true(kiln_volume_stream_pipe(&w, p[0], 1000) < 0);
+	assert_true(kiln_volume_stream_end(&w) < 0);
+	assert_volume_is(v, model);
+
+	assert_rc(kiln_volume_close(v), 0);
+	close(p[0]);
+	close(p[1]);
+	free(src);
+	free(model);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		UNIT_TEST(test_parts_make_one_write),
+		UNIT_TEST(test_base_chunks),
+		UNIT_TEST(test_refused),
+		UNIT_TEST(test_failed_part),
+	};
+
+	unit_require_io_uring();
+	unit_filters();
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
