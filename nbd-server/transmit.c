@@ -10,6 +10,9 @@
  * their replies leave in one writev before the loop reads again; page
  * cache reads complete inline, so the thread rarely waits.
  *
+ * A large read of chunks in the overlay is spliced instead: its bytes go
+ * from the page cache through a pipe to the socket as page references.
+ *
  * Small writes join that batch too: the engine writes them one after
  * another, the client's next requests gather in the socket meanwhile, and
  * the next read takes them in as a batch as large as its queue depth.
@@ -943,6 +946,70 @@ static int splice_write(struct tx *t, const struct nbd_request *req)
 	return simple_reply(t, req, r < 0 ? nbd_errno(-r) : 0) < 0 ? -1 : 1;
 }
 
+/* Send the whole of len bytes from the pipe to the socket. */
+static int splice_out(struct tx *t, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = splice(t->pipe[0], NULL, t->c->wfd, NULL, len, SPLICE_F_MOVE);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EPIPE;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* A valid READ wholly in the overlay: its bytes go from the page cache
+ * through the pipe to the socket as references, not copies. 1 if it was
+ * served, 0 if it goes the usual way (nothing was sent), -1 if the
+ * connection is lost. Reads that are not page-aligned, or larger than
+ * the pipe, go the usual way: the pipe's slots are pages. */
+static int splice_read(struct tx *t, const struct nbd_request *req)
+{
+	union {
+		struct nbd_simple_reply simple;
+		struct {
+			struct nbd_structured_reply h;
+			uint64_t offset;
+		} __attribute__((packed)) data;
+	} head;
+	struct iovec iov;
+	int r;
+
+	if (req->count < SPLICE_MIN || req->offset % 4096 != 0 || !open_pipe(t) ||
+	    req->count > t->pipe_size)
+		return 0;
+	if (run_batch(t) < 0 || flush_replies(t) < 0)
+		return -1;
+	if (kiln_volume_splice_read(t->c->exp->vol, t->pipe, req->count, req->offset) < 0)
+		return 0;
+	if (t->c->structured) {
+		head.data.h = (struct nbd_structured_reply){
+			.magic = htobe32(NBD_STRUCTURED_REPLY_MAGIC),
+			.flags = htobe16(NBD_REPLY_FLAG_DONE),
+			.type = htobe16(NBD_REPLY_TYPE_OFFSET_DATA),
+			.cookie = htobe64(req->cookie),
+			.length = htobe32(8 + req->count),
+		};
+		head.data.offset = htobe64(req->offset);
+		iov = (struct iovec){ &head, sizeof head.data };
+	} else {
+		head.simple = (struct nbd_simple_reply){
+			.magic = htobe32(NBD_SIMPLE_REPLY_MAGIC),
+			.cookie = htobe64(req->cookie),
+		};
+		iov = (struct iovec){ &head, sizeof head.simple };
+	}
+	pthread_mutex_lock(&t->send_lock);
+	r = send_all(t->c->wfd, &iov, 1);
+	if (r == 0)
+		r = splice_out(t, req->count);
+	pthread_mutex_unlock(&t->send_lock);
+	return r < 0 ? -1 : 1;
+}
+
 /* Move the unread input [ipos, ilen) to the start of a buffer, when it
  * must (n bytes from ipos would not fit) or should (the buffer is getting
  * long, or too full for a good read). Payloads of queued writes stay put:
@@ -1072,6 +1139,14 @@ void transmit(struct conn *c)
 		    queue_write(&t, &req, t.ibuf + t.ipos) == 0) {
 			t.ipos += req.count;
 			continue;
+		}
+		if (req.type == NBD_CMD_READ) {
+			int spliced = splice_read(&t, &req);
+
+			if (spliced < 0)
+				break;
+			if (spliced > 0)
+				continue;
 		}
 		if ((req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE) &&
 		    add_to_batch(&t, &req, t.ibuf + t.ipos)) {

@@ -188,6 +188,14 @@ void kiln_volume_stream_buf(struct kiln_stream_write *w, const void *buf, size_t
 int kiln_volume_stream_pipe(struct kiln_stream_write *w, int pipe_fd, size_t len);
 int kiln_volume_stream_end(struct kiln_stream_write *w);
 
+/* Put the count bytes at offset into a pipe (pipe[1] its write end),
+ * empty and with room for them, as references to the page cache
+ * (splice(2)): only when every chunk of the range is LOCAL, in the
+ * overlay. Otherwise -EOPNOTSUPP; after any error the pipe holds nothing
+ * of the read, and kiln_volume_read says what the error is. */
+int kiln_volume_splice_read(struct kiln_volume *volume, const int pipe[2], uint64_t count,
+			    uint64_t offset);
+
 /* Make every write that completed before the call durable. */
 int kiln_volume_flush(struct kiln_volume *volume);
 

@@ -1,11 +1,14 @@
 #!/bin/bash
-# Large writes, which kiln-nbd splices from the socket into the volume:
+# Large writes, which kiln-nbd splices from the socket into the volume,
+# and large reads of written chunks, spliced from the page cache:
 # through libnbd to a volume created from a snapshot, whole chunks of the
 # base (spliced), writes over part of a base chunk (read into memory and
 # copied up instead), writes larger than the pipe, FUA writes, over a Unix
 # socket and under -s; a raw client that announces a 1 MiB write, sends
 # 300 KiB of it and hangs up must change nothing; the bytes are checked
 # against a model through NBD, in an online snapshot and in an export.
+# Reads: of written chunks only (spliced), across written and base chunks,
+# unaligned, larger than the pipe, with simple and structured replies.
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-functions.sh"
 requires_libnbd_python
@@ -101,7 +104,28 @@ for _ in range(100):
     time.sleep(0.05)
 check(nfds() <= fds_before, "the daemon closed the cut-short connection")
 check(bytes(h.pread(len(model), 0)) == model, "a write cut short changed nothing")
+
+
+def reads(h, what):
+    for off, n in ((2 * MiB, MiB), (6 * MiB, 3 * MiB), (6 * MiB + 4096, 256 * 1024),
+                   (2 * MiB - CS, 2 * CS), (2 * MiB + 512, MiB - 512), (16 * MiB, 16 * MiB),
+                   (10 * MiB + CS, 2 * MiB), (0, len(model))):
+        check(bytes(h.pread(n, off)) == model[off:off + n], "%s: read %d at %d" % (what, n, off))
+
+
+reads(h, "structured")
+# read, overwrite, read: no bytes of the first read are left behind
+h.pread(MiB, 6 * MiB)
+write(h, model, 6 * MiB, MiB)
+check(bytes(h.pread(MiB, 6 * MiB)) == model[6 * MiB:7 * MiB], "a read after a write sees it")
 h.flush()
+h.shutdown()
+h = nbd.NBD()
+h.set_export_name(COW)
+h.set_request_structured_replies(False)
+h.connect_unix(SOCK)
+check(not h.get_structured_replies_negotiated(), "simple replies negotiated")
+reads(h, "simple")
 h.shutdown()
 open(os.environ["MODEL"], "wb").write(model)
 

@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* test-streamwrite.c: writes whose payload comes in parts, from memory
- * and through a pipe (engine/streamwrite.c), as kiln-nbd splices large
- * writes: the parts land where they belong, the chunks they fill become
- * LOCAL and dirty only when the write ends whole, a write that needs a
- * chunk's old bytes is refused before anything is taken, and a part that
- * fails (the file size limit makes the overlay refuse it) leaves every
- * chunk as it was while the stream stays in step. */
+/* test-streamwrite.c: I/O through a pipe, as kiln-nbd splices large
+ * requests. Writes whose payload comes in parts, from memory and through
+ * a pipe (engine/streamwrite.c): the parts land where they belong, the
+ * chunks they fill become LOCAL and dirty only when the write ends whole,
+ * a write that needs a chunk's old bytes is refused before anything is
+ * taken, and a part that fails (the file size limit makes the overlay
+ * refuse it) leaves every chunk as it was while the stream stays in step.
+ * Reads into a pipe (engine/spliceread.c): only of LOCAL chunks, and a
+ * refused or failed one leaves the pipe empty. */
 #include "unit.h"
 
 #include <fcntl.h>
@@ -294,6 +296,52 @@ static void test_failed_part(void **state)
 	free(model);
 }
 
+static void test_splice_read(void **state)
+{
+	struct kiln_region *rg = rg_of(state);
+	const uint64_t size = 8 * (uint64_t)CS;
+	uint8_t *model = malloc(size), *src = malloc(4 * CS), *buf = malloc(4 * CS);
+	struct kiln_volume *v;
+	int p[2];
+
+	assert_non_null(model);
+	assert_non_null(src);
+	assert_non_null(buf);
+	make_pipe(p);
+	v = cow_volume(rg, 8, model);
+	unit_fill_random(src, 4 * CS, 11);
+	assert_rc(kiln_volume_write(v, src, 3 * CS, 2 * CS), 0);       /* chunks 2-4 LOCAL */
+	memcpy(model + 2 * CS, src, 3 * CS);
+	assert_rc(kiln_volume_trim(v, CS, 5 * CS), 0);                 /* 5 ZERO */
+	memset(model + 5 * CS, 0, CS);
+
+	assert_rc(kiln_volume_splice_read(v, p, 3 * CS - 100, 2 * CS + 50), 0);
+	assert_int_equal(read(p[0], buf, 4 * CS), 3 * CS - 100);
+	assert_memory_equal(buf, model + 2 * CS + 50, 3 * CS - 100);
+	assert_pipe_empty(p);
+
+	/* BASE, ZERO, outside the volume, empty: refused, nothing taken */
+	assert_rc(kiln_volume_splice_read(v, p, 2 * CS, CS), -EOPNOTSUPP);
+	assert_rc(kiln_volume_splice_read(v, p, 2 * CS, 4 * CS), -EOPNOTSUPP);
+	assert_rc(kiln_volume_splice_read(v, p, CS, 8 * CS), -EOPNOTSUPP);
+	assert_rc(kiln_volume_splice_read(v, p, 0, 2 * CS), -EOPNOTSUPP);
+	assert_pipe_empty(p);
+
+	/* a pipe too small for the read: an error, and the pipe is empty */
+	assert_true(fcntl(p[1], F_SETPIPE_SZ, (int)CS) >= (int)CS);
+	assert_true(fcntl(p[1], F_GETPIPE_SZ) < (int)(3 * CS));
+	assert_true(kiln_volume_splice_read(v, p, 3 * CS, 2 * CS) < 0);
+	assert_pipe_empty(p);
+	assert_volume_is(v, model);
+
+	assert_rc(kiln_volume_close(v), 0);
+	close(p[0]);
+	close(p[1]);
+	free(buf);
+	free(src);
+	free(model);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -301,6 +349,7 @@ int main(void)
 		UNIT_TEST(test_base_chunks),
 		UNIT_TEST(test_refused),
 		UNIT_TEST(test_failed_part),
+		UNIT_TEST(test_splice_read),
 	};
 
 	unit_require_io_uring();
