@@ -9,6 +9,7 @@
 # against a model through NBD, in an online snapshot and in an export.
 # Reads: of written chunks only (spliced), across written and base chunks,
 # unaligned, larger than the pipe, with simple and structured replies.
+# The same over TCP with nbdcopy.
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-functions.sh"
 requires_libnbd_python
@@ -149,5 +150,15 @@ snap2=$(kiln snapshot create "$cow")
 cmp_snapshot "$snap2" "$TMPDIR/model.raw"
 stop_nbd
 cmp_volume "$cow" "$TMPDIR/model.raw"
+
+# over TCP: 1 MiB writes into a blank volume, then 1 MiB reads of them
+port=$(free_tcp_port)
+start_nbd_tcp "127.0.0.1:$port"
+make_random "$TMPDIR/tcp.raw" 8M tcp
+nbdcopy --request-size=1048576 "$TMPDIR/tcp.raw" "$(nbd_tcp_uri "$blank" "$port")"
+nbdcopy --request-size=1048576 "$(nbd_tcp_uri "$blank" "$port")" "$TMPDIR/tcp-back.raw"
+cmp "$TMPDIR/tcp.raw" "$TMPDIR/tcp-back.raw" || fail "TCP: 1 MiB writes and reads differ"
+stop_nbd
+cmp_volume "$blank" "$TMPDIR/tcp.raw"
 cmp_snapshot "$snap" "$TMPDIR/img.raw"
 echo PASS
