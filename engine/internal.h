@@ -394,6 +394,7 @@ enum chunk_state volume_chunk_state(struct kiln_volume *v, uint64_t i);
 /* dirty: the chunk changed since the last snapshot */
 void volume_set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, bool dirty);
 uint32_t volume_chunk_len(const struct kiln_volume *v, uint64_t i);   /* bytes inside the volume */
+void volume_mark_failed_write(struct kiln_volume *v, uint64_t off, uint64_t len);
 /* Into the overlay now, in OVERLAY_PIECE pieces; no chunk changes state. */
 int volume_write_pieces(struct kiln_volume *v, const uint8_t *buf, uint32_t len, uint64_t off);
 

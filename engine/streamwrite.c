@@ -14,9 +14,12 @@
  * run it on a worker thread, and measured so the whole path ran at 0.6x.
  *
  * Parts are written under the volume's I/O lock, one at a time, and the
- * chunks change state only at the end: a snapshot taken between parts
- * does not count the write, and a write cut short changes no chunk's
- * state (its bytes in a LOCAL chunk are as undefined as a failed write's). */
+ * chunks change state at the end: all LOCAL and dirty if the write ended
+ * whole, else as after any failed write (volume_mark_failed_write: what
+ * landed in a ZERO or LOCAL chunk is kept and dirty, what landed under a
+ * BASE chunk is never read). A snapshot taken between parts counts what
+ * had landed in chunks that were LOCAL and dirty already: the write was
+ * in flight, so either answer is one a block device may give. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -142,11 +145,13 @@ int kiln_volume_stream_end(struct kiln_stream_write *w)
 
 	if (w->result == 0 && w->done != w->count)
 		w->result = -EIO;
-	if (w->result < 0)
-		return w->result;
 	pthread_rwlock_rdlock(&v->io_lock);
-	for (uint64_t i = w->offset / cs; i <= (w->offset + w->count - 1) / cs; i++)
-		volume_set_state(v, i, CHUNK_LOCAL, true);
+	if (w->result < 0) {
+		volume_mark_failed_write(v, w->offset, w->done);
+	} else {
+		for (uint64_t i = w->offset / cs; i <= (w->offset + w->count - 1) / cs; i++)
+			volume_set_state(v, i, CHUNK_LOCAL, true);
+	}
 	pthread_rwlock_unlock(&v->io_lock);
-	return 0;
+	return w->result;
 }

@@ -592,6 +592,22 @@ void volume_set_state(struct kiln_volume *v, uint64_t i, enum chunk_state s, boo
 		v->write_gen[i]++;
 }
 
+/* A write into [off, off + len) failed or stopped part way, so some of
+ * it may be in the overlay. Chunks that were ZERO or LOCAL become LOCAL
+ * and dirty: the overlay holds what landed and their old bytes elsewhere
+ * (a ZERO chunk's range is a hole), so each byte reads old or new, and
+ * the next snapshot reads what the volume reads. A BASE chunk stays BASE:
+ * its overlay range is not read until a copy-up or a whole-chunk write
+ * replaces all of it, or it turns ZERO, which punches it. */
+void volume_mark_failed_write(struct kiln_volume *v, uint64_t off, uint64_t len)
+{
+	uint32_t cs = v->map->chunk_size;
+
+	for (uint64_t i = off / cs; len > 0 && i <= (off + len - 1) / cs; i++)
+		if (volume_chunk_state(v, i) != CHUNK_BASE)
+			volume_set_state(v, i, CHUNK_LOCAL, true);
+}
+
 /* Bytes of chunk i that lie inside the volume. */
 uint32_t volume_chunk_len(const struct kiln_volume *v, uint64_t i)
 {
@@ -778,8 +794,10 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 		pthread_mutex_lock(lock);
 		st = volume_chunk_state(v, i);
 		if (!p && (whole || st == CHUNK_ZERO)) {
-			/* Zeroing: the chunk, or a range of a zero chunk. */
-			if (st == CHUNK_LOCAL)
+			/* Zeroing: the chunk, or a range of a zero chunk. Under
+			 * a BASE chunk the overlay may hold bytes of a write
+			 * that failed (volume_mark_failed_write): they go too. */
+			if (st == CHUNK_LOCAL || st == CHUNK_BASE)
 				r = punch(v, cstart, volume_chunk_len(v, i));
 			if (r == 0 && st != CHUNK_ZERO)
 				volume_set_state(v, i, CHUNK_ZERO, true);
@@ -844,6 +862,9 @@ static int plan_run(struct kiln_volume *v, struct io_plan *pl, int *results)
 		struct io_req *q = &pl->reqs[k];
 		int *res = results ? &results[pl->owner[k]] : &r;
 
+		if (q->op == IO_WRITE && pl->chunk[k] != UINT64_MAX &&
+		    (q->res < 0 || (uint32_t)q->res != q->len))
+			volume_mark_failed_write(v, q->off, q->len);
 		if (q->res < 0) {
 			if (*res == 0)
 				*res = q->res;

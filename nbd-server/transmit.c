@@ -933,8 +933,10 @@ static int splice_write(struct tx *t, const struct nbd_request *req)
 	while (left > 0) {
 		ssize_t n = splice_in(t, (size_t)MIN(left, (uint64_t)t->pipe_size));
 
-		if (n <= 0 || kiln_volume_stream_pipe(&sw, t->pipe[0], (size_t)n) < 0)
+		if (n <= 0 || kiln_volume_stream_pipe(&sw, t->pipe[0], (size_t)n) < 0) {
+			kiln_volume_stream_end(&sw);    /* what reached the volume */
 			return -1;
+		}
 		left -= (uint64_t)n;
 	}
 	r = kiln_volume_stream_end(&sw);
@@ -951,7 +953,12 @@ static int splice_out(struct tx *t, size_t len)
 {
 	while (len > 0) {
 		ssize_t n = splice(t->pipe[0], NULL, t->c->wfd, NULL, len, SPLICE_F_MOVE);
+		struct pollfd p = { .fd = t->c->wfd, .events = POLLOUT };
 
+		if (n < 0 && errno == EAGAIN) {    /* a non-blocking output (-s) */
+			poll(&p, 1, -1);
+			continue;
+		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)

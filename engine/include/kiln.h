@@ -173,8 +173,9 @@ int kiln_volume_submit(struct kiln_volume *volume, struct kiln_io *ios, size_t n
  * and the write goes through kiln_volume_write. The parts come in order
  * and add up to count. After a part fails to reach the overlay the later
  * ones are still taken and dropped, so the caller's stream stays in step;
- * end returns the first error. The chunks the write fills change state
- * (and are dirty) at end, so only a write that ends whole is seen as one. */
+ * end returns the first error, or -EIO if the parts fell short. Call end
+ * whenever begin succeeded, also when the stream was lost: the chunks the
+ * write reached change state (and are dirty) there. */
 struct kiln_stream_write {
 	struct kiln_volume *volume;
 	uint64_t offset, count, done;

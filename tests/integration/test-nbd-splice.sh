@@ -1,15 +1,18 @@
 #!/bin/bash
 # Large writes, which kiln-nbd splices from the socket into the volume,
-# and large reads of written chunks, spliced from the page cache:
-# through libnbd to a volume created from a snapshot, whole chunks of the
-# base (spliced), writes over part of a base chunk (read into memory and
-# copied up instead), writes larger than the pipe, FUA writes, over a Unix
-# socket and under -s; a raw client that announces a 1 MiB write, sends
-# 300 KiB of it and hangs up must change nothing; the bytes are checked
-# against a model through NBD, in an online snapshot and in an export.
-# Reads: of written chunks only (spliced), across written and base chunks,
-# unaligned, larger than the pipe, with simple and structured replies.
-# The same over TCP with nbdcopy.
+# and large reads of written chunks, spliced from the page cache, with
+# bytes checked against a model through NBD, in online snapshots and in
+# an export:
+# - writes through libnbd to a volume created from a snapshot: whole base
+#   chunks (spliced), part of a base chunk (read into memory and copied
+#   up instead), larger than the pipe, FUA, many in flight;
+# - a raw client that announces 1 MiB writes, sends part of each and
+#   hangs up: over base chunks nothing shows; over written or zeroed
+#   chunks each byte is old or new, the next snapshot has what the volume
+#   reads, and zeroing and writing there again brings back nothing else;
+# - reads of written chunks (spliced), across written and base chunks,
+#   unaligned, larger than the pipe, with simple and structured replies;
+# - -s, also on a non-blocking socket, and TCP with nbdcopy.
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-functions.sh"
 requires_libnbd_python
@@ -23,12 +26,13 @@ cow=$(kiln volume create --snapshot-id "$snap")
 blank=$(kiln volume create --size 8M)
 
 start_nbd
-export SOCK=$NBD_SOCK NBD_PID COW=$cow BLANK=$blank IMG=$TMPDIR/img.raw MODEL=$TMPDIR/model.raw
+export SOCK=$NBD_SOCK NBD_PID KILN TMPDIR COW=$cow BLANK=$blank IMG=$TMPDIR/img.raw MODEL=$TMPDIR/model.raw
 export KILN_STORE KILN_NBD
 cat >"$TMPDIR/splice.py" <<'EOF'
 import os
 import socket
 import struct
+import subprocess
 import time
 
 import nbd
@@ -80,32 +84,73 @@ for c in cookies:
     check(h.aio_command_completed(c), "aio write %d completed" % c)
 check(bytes(h.pread(len(model), 0)) == model, "the CoW volume reads back the model")
 
-# A write announced as 1 MiB over base chunks, 300 KiB of it sent, then
-# the connection closes: none of it may show, once the daemon is done with
-# the connection (it has closed the connection's descriptors).
+# Writes announced as 1 MiB, a part of each sent, then the connection
+# closes; checked once the daemon is done with the connection (it has
+# closed the connection's descriptors). Over base chunks none of it may
+# show. Over written or zeroed chunks each byte reads old or new, and
+# stays so: a snapshot has what the volume reads, and zeroing part of it
+# and writing next to it brings back nothing else.
 def nfds():
     return len(os.listdir("/proc/%s/fd" % os.environ["NBD_PID"]))
 
 
-fds_before = nfds()
-s = socket.socket(socket.AF_UNIX)
-s.connect(SOCK)
-hello = s.recv(18, socket.MSG_WAITALL)
-check(hello[:8] == b"NBDMAGIC", "raw client: server greeting")
-s.sendall(struct.pack(">I", 3))               # FIXED_NEWSTYLE | NO_ZEROES
-name = COW.encode()
-s.sendall(struct.pack(">QII", 0x49484156454F5054, 1, len(name)) + name)   # EXPORT_NAME
-info = s.recv(10, socket.MSG_WAITALL)
-check(len(info) == 10 and struct.unpack(">Q", info[:8])[0] == len(model), "raw client: export size")
-s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 77, 3 * MiB, MiB) + os.urandom(300 * 1024))
-s.close()
-for _ in range(100):
-    if nfds() <= fds_before:
-        break
-    time.sleep(0.05)
-check(nfds() <= fds_before, "the daemon closed the cut-short connection")
-check(bytes(h.pread(len(model), 0)) == model, "a write cut short changed nothing")
+def cut_short(off, sent, what):
+    fds_before = nfds()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(SOCK)
+    hello = s.recv(18, socket.MSG_WAITALL)
+    check(hello[:8] == b"NBDMAGIC", "raw client: server greeting")
+    s.sendall(struct.pack(">I", 3))               # FIXED_NEWSTYLE | NO_ZEROES
+    name = COW.encode()
+    s.sendall(struct.pack(">QII", 0x49484156454F5054, 1, len(name)) + name)   # EXPORT_NAME
+    info = s.recv(10, socket.MSG_WAITALL)
+    check(len(info) == 10 and struct.unpack(">Q", info[:8])[0] == len(model), "raw client: export size")
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 77, off, MiB) + b"\xaa" * sent)
+    s.close()
+    for _ in range(100):
+        if nfds() <= fds_before:
+            break
+        time.sleep(0.05)
+    check(nfds() <= fds_before, "%s: the daemon closed the connection" % what)
+    got = bytes(h.pread(MiB, off))
+    check(all(g == o or g == 0xAA for g, o in zip(got, model[off:off + MiB])),
+          "%s: every byte old or new" % what)
+    model[off:off + MiB] = got
 
+
+def kiln(*args):
+    return subprocess.run([os.environ["KILN"]] + list(args), check=True, stdout=subprocess.PIPE,
+                          text=True).stdout.strip()
+
+
+def check_snapshot(what):
+    snap = kiln("snapshot", "create", COW)
+    out = os.path.join(os.environ["TMPDIR"], "snap.raw")
+    kiln("snapshot", "export", snap, out)
+    with open(out, "rb") as f:
+        check(f.read() == model, "%s: the snapshot has what the volume reads" % what)
+    os.unlink(out)
+
+
+base_part = bytes(model[3 * MiB:4 * MiB])
+cut_short(3 * MiB, 300 * 1024, "over base chunks")
+check(bytes(model[3 * MiB:4 * MiB]) == base_part, "over base chunks: none of it shows")
+h.zero(CS, 3 * MiB)
+model[3 * MiB:3 * MiB + CS] = bytes(CS)
+write(h, model, 3 * MiB + 8192, 4096)
+check(bytes(h.pread(MiB, 3 * MiB)) == model[3 * MiB:4 * MiB],
+      "over base chunks: nothing shows once a chunk is zeroed and written again")
+check_snapshot("written chunks, snapshot")
+cut_short(2 * MiB, 512 * 1024 + 4096, "over written chunks")
+check_snapshot("over written chunks")
+h.zero(2 * CS, 12 * MiB + 2 * CS)
+model[12 * MiB + 2 * CS:12 * MiB + 4 * CS] = bytes(2 * CS)
+cut_short(12 * MiB + 2 * CS, 96 * 1024, "over zeroed chunks")
+h.zero(CS // 2, 12 * MiB + 2 * CS + CS // 4)
+model[12 * MiB + 2 * CS + CS // 4:12 * MiB + 2 * CS + CS // 4 + CS // 2] = bytes(CS // 2)
+write(h, model, 12 * MiB + 3 * CS + 4096, 4096)
+check(bytes(h.pread(len(model), 0)) == model, "after zeroing and writing there again")
+check_snapshot("over zeroed chunks")
 
 def reads(h, what):
     for off, n in ((2 * MiB, MiB), (6 * MiB, 3 * MiB), (6 * MiB + 4096, 256 * 1024),
@@ -139,6 +184,23 @@ write(h, bmodel, MiB, 2 * MiB)
 write(h, bmodel, 5 * MiB + 512, MiB)
 check(bytes(h.pread(len(bmodel), 0)) == bmodel, "-s: large writes read back")
 h.shutdown()
+
+# -s on a non-blocking socket: splices in both directions must wait for it
+ours, theirs = socket.socketpair()
+theirs.setblocking(False)
+server = subprocess.Popen([os.environ["KILN_NBD"], "-s", "--store", os.environ["KILN_STORE"]],
+                          stdin=theirs.fileno(), stdout=theirs.fileno())
+theirs.close()
+h = nbd.NBD()
+h.set_export_name(BLANK)
+h.connect_socket(ours.detach())
+for i in range(4):
+    write(h, bmodel, i * MiB, MiB)
+for i in range(4):
+    check(bytes(h.pread(MiB, i * MiB)) == bmodel[i * MiB:(i + 1) * MiB],
+          "-s, non-blocking: 1 MiB read %d" % i)
+h.shutdown()
+check(server.wait(timeout=10) == 0, "-s, non-blocking: the server exits 0")
 
 if failures:
     raise SystemExit("%d check(s) failed: %s" % (len(failures), "; ".join(failures)))

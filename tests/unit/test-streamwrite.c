@@ -5,7 +5,10 @@
  * chunks they fill become LOCAL and dirty only when the write ends whole,
  * a write that needs a chunk's old bytes is refused before anything is
  * taken, and a part that fails (the file size limit makes the overlay
- * refuse it) leaves every chunk as it was while the stream stays in step.
+ * refuse it) keeps the stream in step. A write that fails or stops part
+ * way keeps what landed in ZERO and LOCAL chunks, marked dirty so the
+ * next snapshot has it, and nothing of it ever shows under a BASE chunk,
+ * also once that chunk is zeroed and written again.
  * Reads into a pipe (engine/spliceread.c): only of LOCAL chunks, and a
  * refused or failed one leaves the pipe empty. */
 #include "unit.h"
@@ -58,6 +61,17 @@ static void assert_volume_is(struct kiln_volume *v, const uint8_t *model)
 			fail_msg("byte %llu (chunk %llu + %llu): 0x%02x, want 0x%02x",
 				 (unsigned long long)i, (unsigned long long)(i / CS),
 				 (unsigned long long)(i % CS), buf[i], model[i]);
+	free(buf);
+}
+
+static void assert_snapshot_is(struct kiln_region *rg, const char *snap, const uint8_t *model,
+			       uint64_t size)
+{
+	uint8_t *buf = malloc(size);
+
+	assert_non_null(buf);
+	assert_rc(kiln_snapshot_read(rg, snap, buf, size, 0), 0);
+	assert_memory_equal(buf, model, size);
 	free(buf);
 }
 
@@ -256,14 +270,16 @@ static void test_failed_part(void **state)
 {
 	struct kiln_region *rg = rg_of(state);
 	const uint64_t size = 8 * (uint64_t)CS;
-	uint8_t *model = malloc(size), *src = malloc(4 * CS);
+	uint8_t *model = malloc(size), *src = malloc(4 * CS), *back = malloc(size);
 	struct rlimit old, lim;
 	struct kiln_stream_write w;
+	char snap[KILN_ID_MAX];
 	struct kiln_volume *v;
-	int p[2];
+	int p[2], r;
 
 	assert_non_null(model);
 	assert_non_null(src);
+	assert_non_null(back);
 	make_pipe(p);
 	v = cow_volume(rg, 8, model);
 	unit_fill_random(src, 4 * CS, 5);
@@ -283,15 +299,104 @@ static void test_failed_part(void **state)
 	assert_volume_is(v, model);
 	assert_int_equal(dirty_chunks(rg, v), 0);
 
+	/* The same limit under a plain write over LOCAL chunks 4 and 5: what
+	 * landed is dirty, so the next snapshot reads what the volume reads. */
+	assert_rc(kiln_volume_write(v, src, 2 * CS, 4 * CS), 0);
+	memcpy(model + 4 * CS, src, 2 * CS);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	unit_fill_random(src, 4 * CS, 6);
+	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	r = kiln_volume_write(v, src, 2 * CS, 4 * CS);
+	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	assert_int_equal(r, -EFBIG);
+	assert_rc(kiln_volume_read(v, back, size, 0), 0);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_snapshot_is(rg, snap, back, size);
+	assert_memory_equal(back + 6 * CS, model + 6 * CS, 2 * CS);
+
 	assert_rc(kiln_volume_stream_begin(v, CS, 0, &w), 0);
 	assert_int_equal(write(p[1], src, 100), 100);
 	assert_true(kiln_volume_stream_pipe(&w, p[0], 1000) < 0);
 	assert_true(kiln_volume_stream_end(&w) < 0);
-	assert_volume_is(v, model);
+	assert_volume_is(v, back);
 
 	assert_rc(kiln_volume_close(v), 0);
 	close(p[0]);
 	close(p[1]);
+	free(back);
+	free(src);
+	free(model);
+}
+
+/* A write that stops part way: what landed in LOCAL and ZERO chunks is
+ * the volume's now, and dirty (the next snapshot reads what the volume
+ * reads); what landed under a BASE chunk never shows, also after the
+ * chunk is zeroed whole and written again. */
+static void test_cut_short(void **state)
+{
+	struct kiln_region *rg = rg_of(state);
+	const uint64_t size = 8 * (uint64_t)CS;
+	uint8_t *model = malloc(size), *src = malloc(4 * CS), *back = malloc(size);
+	struct kiln_stream_write w;
+	char snap[KILN_ID_MAX];
+	struct kiln_volume *v;
+	int p[2];
+
+	assert_non_null(model);
+	assert_non_null(src);
+	assert_non_null(back);
+	make_pipe(p);
+	v = cow_volume(rg, 8, model);                   /* all BASE */
+	unit_fill_random(src, 4 * CS, 21);
+	assert_rc(kiln_volume_write(v, src, 2 * CS, 0), 0);    /* 0, 1 LOCAL */
+	memcpy(model, src, 2 * CS);
+	assert_rc(kiln_volume_write_zeroes(v, 2 * CS, 4 * CS), 0);     /* 4, 5 ZERO */
+	memset(model + 4 * CS, 0, 2 * CS);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_int_equal(dirty_chunks(rg, v), 0);
+
+	/* over LOCAL 0 and 1: a part and a half of a chunk land, then the end */
+	unit_fill_random(src, 4 * CS, 22);
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 0, &w), 0);
+	kiln_volume_stream_buf(&w, src, CS / 2);
+	assert_rc(pipe_part(&w, p, src + CS / 2, CS), 0);
+	assert_rc(kiln_volume_stream_end(&w), -EIO);
+	memcpy(model, src, CS + CS / 2);
+	assert_volume_is(v, model);
+	assert_int_equal(dirty_chunks(rg, v), 2);
+
+	/* over ZERO 4 and 5: half of 4 lands; zeroing part of that, and a
+	 * write at the end of the chunk, leave the rest as it landed */
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 4 * CS, &w), 0);
+	assert_rc(pipe_part(&w, p, src, CS / 2), 0);
+	assert_rc(kiln_volume_stream_end(&w), -EIO);
+	memcpy(model + 4 * CS, src, CS / 2);
+	assert_volume_is(v, model);
+	assert_rc(kiln_volume_write_zeroes(v, CS / 4, 4 * CS), 0);
+	memset(model + 4 * CS, 0, CS / 4);
+	assert_rc(kiln_volume_write(v, "z", 1, 5 * CS - 1), 0);
+	model[5 * CS - 1] = 'z';
+	assert_volume_is(v, model);
+
+	/* over BASE 2 and 3: half of 2 lands and never shows, not even once
+	 * 2 is zeroed whole and written again */
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), 0);
+	assert_rc(pipe_part(&w, p, src, CS / 2), 0);
+	assert_rc(kiln_volume_stream_end(&w), -EIO);
+	assert_volume_is(v, model);
+	assert_rc(kiln_volume_write_zeroes(v, CS, 2 * CS), 0);
+	memset(model + 2 * CS, 0, CS);
+	assert_rc(kiln_volume_write(v, "y", 1, 2 * CS + 5), 0);
+	model[2 * CS + 5] = 'y';
+	assert_volume_is(v, model);
+
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_rc(kiln_snapshot_read(rg, snap, back, size, 0), 0);
+	assert_memory_equal(back, model, size);
+	assert_rc(kiln_volume_close(v), 0);
+	close(p[0]);
+	close(p[1]);
+	free(back);
 	free(src);
 	free(model);
 }
@@ -349,6 +454,7 @@ int main(void)
 		UNIT_TEST(test_base_chunks),
 		UNIT_TEST(test_refused),
 		UNIT_TEST(test_failed_part),
+		UNIT_TEST(test_cut_short),
 		UNIT_TEST(test_splice_read),
 	};
 
