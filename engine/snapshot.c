@@ -269,7 +269,11 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 		for (uint64_t i = 0; i < v->map->nchunks; i++)
 			if (vmap_dirty(v->map, i))
 				vmap_set(v->map, i, vmap_state(v->map, i), false);
-		vmap_sync(v->map);
+		/* The map names chunks LOCAL whose bytes may not be on disk
+		 * yet; a state never claims data that is not durable. Else
+		 * the next flush writes it, after its own fdatasync. */
+		if (fdatasync(v->overlay_fd) == 0)
+			vmap_sync(v->map);
 	}
 	memcpy(ret_id, info.id, KILN_ID_MAX);
 	debug("snapshot %s of %s: %zu chunks read, %llu new, %llu bytes stored", info.id, v->id, npending,

@@ -36,16 +36,16 @@ int kiln_volume_stream_begin(struct kiln_volume *v, uint64_t count, uint64_t off
 	*w = (struct kiln_stream_write){ .volume = v, .offset = offset, .count = count };
 	if (!v->writable || count == 0 || volume_check_range(v, count, offset) < 0)
 		return -EOPNOTSUPP;
-	/* Parts go straight into the overlay: a chunk of the base snapshot
-	 * must be covered whole (no copy-up). Only a write turns a BASE chunk
-	 * into something else, never back, so the answer holds. */
+	/* Parts go straight into the overlay, so no chunk may be BASE: a
+	 * partial write needs its old bytes, and a whole one, while its parts
+	 * come in, could be overtaken by another writer's copy-up of the
+	 * chunk, which would lay the old bytes over the parts. Only a write
+	 * turns a BASE chunk into something else, never back, so the answer
+	 * holds. */
 	pthread_rwlock_rdlock(&v->io_lock);
-	for (uint64_t i = offset / cs; i <= (offset + count - 1) / cs && r == 0; i++) {
-		uint64_t start = i * cs, end = start + volume_chunk_len(v, i);
-
-		if (volume_chunk_state(v, i) == CHUNK_BASE && (offset > start || offset + count < end))
+	for (uint64_t i = offset / cs; i <= (offset + count - 1) / cs && r == 0; i++)
+		if (volume_chunk_state(v, i) == CHUNK_BASE)
 			r = -EOPNOTSUPP;
-	}
 	pthread_rwlock_unlock(&v->io_lock);
 	return r;
 }

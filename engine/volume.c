@@ -807,9 +807,16 @@ static int plan_write(struct kiln_volume *v, struct io_plan *pl, const void *src
 				volume_set_state(v, i, CHUNK_LOCAL, true);
 		} else if (st == CHUNK_BASE && !whole) {
 			r = copy_up(v, pl, i, p, pos, e);
+		} else if (st == CHUNK_BASE) {
+			/* All of a BASE chunk: written now, under its lock, so
+			 * a copy-up of the chunk by another writer cannot lay
+			 * the old bytes over these; LOCAL only once all of it
+			 * is there. */
+			r = volume_write_pieces(v, p, (uint32_t)(e - pos), pos);
+			if (r == 0)
+				volume_set_state(v, i, CHUNK_LOCAL, true);
 		} else {
-			/* Data into a LOCAL or ZERO chunk, or over all of a BASE
-			 * one (no copy-up: every old byte is replaced). */
+			/* Data into a LOCAL or ZERO chunk. */
 			r = plan_overlay_write(v, pl, p ? p : v->zero_chunk, e - pos, pos, owner, i);
 		}
 		pthread_mutex_unlock(lock);

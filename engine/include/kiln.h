@@ -167,10 +167,11 @@ int kiln_volume_submit(struct kiln_volume *volume, struct kiln_io *ios, size_t n
  * its socket into a pipe, and the engine splices it on into the overlay,
  * so the bytes are copied once (into the page cache) instead of twice.
  *
- * begin checks the whole range first: a write that needs a chunk's old
- * bytes (part of a chunk still in the base snapshot) is -EOPNOTSUPP, as
- * are a read-only volume and a range outside it; nothing is taken then,
- * and the write goes through kiln_volume_write. The parts come in order
+ * begin checks the whole range first: a write over a chunk still in the
+ * base snapshot is -EOPNOTSUPP (it may need the chunk's old bytes, and
+ * must not race a copy-up of it), as are a read-only volume and a range
+ * outside it; nothing is taken then, and the write goes through
+ * kiln_volume_write. The parts come in order
  * and add up to count. After a part fails to reach the overlay the later
  * ones are still taken and dropped, so the caller's stream stays in step;
  * end returns the first error, or -EIO if the parts fell short. Call end

@@ -94,8 +94,8 @@ def nfds():
     return len(os.listdir("/proc/%s/fd" % os.environ["NBD_PID"]))
 
 
-def cut_short(off, sent, what):
-    fds_before = nfds()
+def raw_client():
+    """A connection to COW in transmission, with simple replies."""
     s = socket.socket(socket.AF_UNIX)
     s.connect(SOCK)
     hello = s.recv(18, socket.MSG_WAITALL)
@@ -105,7 +105,17 @@ def cut_short(off, sent, what):
     s.sendall(struct.pack(">QII", 0x49484156454F5054, 1, len(name)) + name)   # EXPORT_NAME
     info = s.recv(10, socket.MSG_WAITALL)
     check(len(info) == 10 and struct.unpack(">Q", info[:8])[0] == len(model), "raw client: export size")
-    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 77, off, MiB) + b"\xaa" * sent)
+    return s
+
+
+def write_header(off, n, cookie=77):
+    return struct.pack(">IHHQQI", 0x25609513, 0, 1, cookie, off, n)
+
+
+def cut_short(off, sent, what):
+    fds_before = nfds()
+    s = raw_client()
+    s.sendall(write_header(off, MiB) + b"\xaa" * sent)
     s.close()
     for _ in range(100):
         if nfds() <= fds_before:
@@ -151,6 +161,27 @@ model[12 * MiB + 2 * CS + CS // 4:12 * MiB + 2 * CS + CS // 4 + CS // 2] = bytes
 write(h, model, 12 * MiB + 3 * CS + 4096, 4096)
 check(bytes(h.pread(len(model), 0)) == model, "after zeroing and writing there again")
 check_snapshot("over zeroed chunks")
+
+# A write over two whole base chunks whose payload comes slowly, and a
+# small write into the first chunk from another connection meanwhile
+# (its copy-up must not lay old bytes over the first write's): the
+# result is one write after the other.
+off = 12 * MiB + 6 * CS
+a = os.urandom(2 * CS)
+s = raw_client()
+s.sendall(write_header(off, 2 * CS) + a[:32 * 1024])
+time.sleep(0.3)
+b = os.urandom(4096)
+h.pwrite(b, off + CS - 4096)
+s.sendall(a[32 * 1024:])
+magic, error, cookie = struct.unpack(">IIQ", s.recv(16, socket.MSG_WAITALL))
+s.close()
+check(magic == 0x67446698 and error == 0 and cookie == 77, "slow write over base chunks answered")
+ab = bytearray(a)
+ab[CS - 4096:CS] = b
+got = bytes(h.pread(2 * CS, off))
+check(got in (a, bytes(ab)), "slow write over base chunks and a copy-up: one after the other")
+model[off:off + 2 * CS] = got
 
 def reads(h, what):
     for off, n in ((2 * MiB, MiB), (6 * MiB, 3 * MiB), (6 * MiB + 4096, 256 * 1024),

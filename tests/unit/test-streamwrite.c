@@ -176,10 +176,10 @@ static void test_parts_make_one_write(void **state)
 	free(model);
 }
 
-/* Over a volume created from a snapshot: whole BASE chunks are written
- * without their old bytes; a write over part of one is refused at begin
- * (and then done by kiln_volume_write, which copies the chunk up); and a
- * write that ends short leaves its chunks reading what they held. */
+/* Over a volume created from a snapshot: a write over any BASE chunk,
+ * whole or in part, is refused at begin (and then done by
+ * kiln_volume_write); once the chunks are LOCAL, writes over whole
+ * chunks and parts of them go straight in. */
 static void test_base_chunks(void **state)
 {
 	struct kiln_region *rg = rg_of(state);
@@ -195,43 +195,36 @@ static void test_base_chunks(void **state)
 	v = cow_volume(rg, nchunks, model);
 	unit_fill_random(src, 4 * CS, 99);
 
-	/* part of chunk 1, or chunks 1 and 2 and part of 3: refused */
+	/* part of chunk 1, chunks 2 and 3 whole, or 1 to 3: refused */
 	assert_rc(kiln_volume_stream_begin(v, CS - 10, CS + 10, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), -EOPNOTSUPP);
 	assert_rc(kiln_volume_stream_begin(v, 2 * CS + 1, CS, &w), -EOPNOTSUPP);
 	assert_rc(kiln_volume_write(v, src, CS - 10, CS + 10), 0);
 	memcpy(model + CS + 10, src, CS - 10);
+	assert_rc(kiln_volume_write(v, src, 2 * CS, 2 * CS), 0);
+	memcpy(model + 2 * CS, src, 2 * CS);
+	assert_volume_is(v, model);
 
-	/* chunks 2 and 3 whole */
+	/* chunks 1 to 3 are LOCAL now: whole chunks and parts go straight in */
+	unit_fill_random(src, 4 * CS, 98);
 	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), 0);
 	assert_rc(pipe_part(&w, p, src, 2 * CS), 0);
 	assert_rc(kiln_volume_stream_end(&w), 0);
 	memcpy(model + 2 * CS, src, 2 * CS);
-	assert_volume_is(v, model);
-
-	/* chunk 1 is LOCAL now: a part of it goes straight in */
 	assert_rc(kiln_volume_stream_begin(v, 100, CS + 5, &w), 0);
 	kiln_volume_stream_buf(&w, src + 7, 100);
 	assert_rc(kiln_volume_stream_end(&w), 0);
 	memcpy(model + CS + 5, src + 7, 100);
 	assert_volume_is(v, model);
 
-	/* chunks 5 and 6, cut short after one and a half chunks: an error,
-	 * and both chunks still read their old bytes, also once a small
-	 * write has copied chunk 5 up */
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 5 * CS, &w), 0);
-	assert_rc(pipe_part(&w, p, src, CS + CS / 2), 0);
-	assert_rc(kiln_volume_stream_end(&w), -EIO);
-	assert_volume_is(v, model);
-	assert_rc(kiln_volume_write(v, "x", 1, 5 * CS + 3), 0);
-	model[5 * CS + 3] = 'x';
-	assert_volume_is(v, model);
-
-	/* a part beyond the write's count: an error, and nothing changes */
-	assert_rc(kiln_volume_stream_begin(v, CS, 7 * CS, &w), 0);
+	/* a part beyond the write's count: an error; the part before it
+	 * landed (each byte old or new), the one beyond was only taken */
+	assert_rc(kiln_volume_stream_begin(v, CS, 3 * CS, &w), 0);
 	kiln_volume_stream_buf(&w, src, CS / 2);
-	assert_rc(pipe_part(&w, p, src, CS), 0);       /* taken from the pipe, not written */
+	assert_rc(pipe_part(&w, p, src + CS, CS), 0);
 	assert_pipe_empty(p);
 	assert_rc(kiln_volume_stream_end(&w), -EIO);
+	memcpy(model + 3 * CS, src, CS / 2);
 	assert_volume_is(v, model);
 
 	assert_rc(kiln_volume_close(v), 0);
@@ -288,6 +281,12 @@ static void test_failed_part(void **state)
 	assert_rc(getrlimit(RLIMIT_FSIZE, &old), 0);
 	lim = old;
 	lim.rlim_cur = 5 * CS;
+	/* chunks 4 to 6 LOCAL and clean */
+	assert_rc(kiln_volume_write(v, src, 3 * CS, 4 * CS), 0);
+	memcpy(model + 4 * CS, src, 3 * CS);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	unit_fill_random(src, 4 * CS, 55);
+
 	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
 	assert_rc(kiln_volume_stream_begin(v, 3 * CS, 4 * CS, &w), 0);
 	assert_rc(pipe_part(&w, p, src, CS / 2), 0);           /* below the limit: written */
@@ -296,8 +295,27 @@ static void test_failed_part(void **state)
 	assert_pipe_empty(p);
 	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
 	assert_rc(kiln_volume_stream_end(&w), -EFBIG);
+	memcpy(model + 4 * CS, src, CS);                        /* what landed */
 	assert_volume_is(v, model);
-	assert_int_equal(dirty_chunks(rg, v), 0);
+	assert_int_equal(dirty_chunks(rg, v), 3);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_snapshot_is(rg, snap, model, size);
+
+	/* Under a plain write over whole BASE chunks 1 and 2, the limit in
+	 * the middle of 1: chunk 1 stays BASE and what landed never shows,
+	 * also once it is zeroed whole and written again. */
+	lim.rlim_cur = CS + CS / 2;
+	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	r = kiln_volume_write(v, src, 2 * CS, CS);
+	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	assert_int_equal(r, -EFBIG);
+	assert_volume_is(v, model);
+	assert_rc(kiln_volume_write_zeroes(v, CS, CS), 0);
+	memset(model + CS, 0, CS);
+	assert_rc(kiln_volume_write(v, "y", 1, CS + 5), 0);
+	model[CS + 5] = 'y';
+	assert_volume_is(v, model);
+	lim.rlim_cur = 5 * CS;
 
 	/* The same limit under a plain write over LOCAL chunks 4 and 5: what
 	 * landed is dirty, so the next snapshot reads what the volume reads. */
@@ -314,10 +332,13 @@ static void test_failed_part(void **state)
 	assert_snapshot_is(rg, snap, back, size);
 	assert_memory_equal(back + 6 * CS, model + 6 * CS, 2 * CS);
 
-	assert_rc(kiln_volume_stream_begin(v, CS, 0, &w), 0);
+	/* A part the pipe does not hold: the stream is lost at once, not
+	 * waited for; the 100 bytes that were there landed. */
+	assert_rc(kiln_volume_stream_begin(v, CS, 4 * CS, &w), 0);
 	assert_int_equal(write(p[1], src, 100), 100);
 	assert_true(kiln_volume_stream_pipe(&w, p[0], 1000) < 0);
 	assert_true(kiln_volume_stream_end(&w) < 0);
+	memcpy(back + 4 * CS, src, 100);
 	assert_volume_is(v, back);
 
 	assert_rc(kiln_volume_close(v), 0);
@@ -330,8 +351,7 @@ static void test_failed_part(void **state)
 
 /* A write that stops part way: what landed in LOCAL and ZERO chunks is
  * the volume's now, and dirty (the next snapshot reads what the volume
- * reads); what landed under a BASE chunk never shows, also after the
- * chunk is zeroed whole and written again. */
+ * reads). */
 static void test_cut_short(void **state)
 {
 	struct kiln_region *rg = rg_of(state);
@@ -378,18 +398,6 @@ static void test_cut_short(void **state)
 	model[5 * CS - 1] = 'z';
 	assert_volume_is(v, model);
 
-	/* over BASE 2 and 3: half of 2 lands and never shows, not even once
-	 * 2 is zeroed whole and written again */
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), 0);
-	assert_rc(pipe_part(&w, p, src, CS / 2), 0);
-	assert_rc(kiln_volume_stream_end(&w), -EIO);
-	assert_volume_is(v, model);
-	assert_rc(kiln_volume_write_zeroes(v, CS, 2 * CS), 0);
-	memset(model + 2 * CS, 0, CS);
-	assert_rc(kiln_volume_write(v, "y", 1, 2 * CS + 5), 0);
-	model[2 * CS + 5] = 'y';
-	assert_volume_is(v, model);
-
 	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
 	assert_rc(kiln_snapshot_read(rg, snap, back, size, 0), 0);
 	assert_memory_equal(back, model, size);
@@ -397,6 +405,51 @@ static void test_cut_short(void **state)
 	close(p[0]);
 	close(p[1]);
 	free(back);
+	free(src);
+	free(model);
+}
+
+/* Chunks larger than an overlay piece: a plain write over a whole BASE
+ * chunk that fails after its first piece leaves the chunk BASE, reading
+ * its old bytes (not the first piece and then a hole of zeroes). */
+static void test_failed_whole_base_write_big_chunks(void **state)
+{
+	const uint32_t big = 128 * 1024;
+	struct unit_store *u = unit_store_new(big);
+	uint8_t *model = malloc(4 * big), *src = malloc(big), *buf = malloc(4 * big);
+	char vol[KILN_ID_MAX], snap[KILN_ID_MAX], cow[KILN_ID_MAX];
+	struct rlimit old, lim;
+	struct kiln_volume *v;
+	int r;
+
+	(void)state;
+	assert_non_null(model);
+	assert_non_null(src);
+	assert_non_null(buf);
+	assert_rc(kiln_volume_create(u->region, ACCOUNT, 4 * big, NULL, vol), 0);
+	v = open_volume(u->region, vol, KILN_OPEN_WRITE);
+	unit_fill_random(model, 4 * big, 31);
+	assert_rc(kiln_volume_write(v, model, 4 * big, 0), 0);
+	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_rc(kiln_volume_close(v), 0);
+	assert_rc(kiln_volume_create(u->region, ACCOUNT, 4 * big, snap, cow), 0);
+	v = open_volume(u->region, cow, KILN_OPEN_WRITE);
+
+	unit_fill_random(src, big, 32);
+	signal(SIGXFSZ, SIG_IGN);
+	assert_rc(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = big + big / 2;       /* the first 64 KiB piece of chunk 1 fits */
+	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	r = kiln_volume_write(v, src, big, big);
+	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	assert_int_equal(r, -EFBIG);
+	assert_rc(kiln_volume_read(v, buf, 4 * big, 0), 0);
+	assert_memory_equal(buf, model, 4 * big);
+
+	assert_rc(kiln_volume_close(v), 0);
+	unit_store_free(u);
+	free(buf);
 	free(src);
 	free(model);
 }
@@ -455,6 +508,7 @@ int main(void)
 		UNIT_TEST(test_refused),
 		UNIT_TEST(test_failed_part),
 		UNIT_TEST(test_cut_short),
+		UNIT_TEST(test_failed_whole_base_write_big_chunks),
 		UNIT_TEST(test_splice_read),
 	};
 
