@@ -114,6 +114,41 @@ static struct kiln_volume *cow_volume(struct kiln_region *rg, uint64_t nchunks, 
 	return open_volume(rg, cow, KILN_OPEN_WRITE);
 }
 
+/* What most tests work on: a volume created from a snapshot of eight
+ * chunks of random data (every chunk BASE), opened for writing, with its
+ * model, a source buffer, a buffer to read back into and a pipe. */
+struct fixture {
+	struct kiln_region *rg;
+	struct kiln_volume *v;
+	uint64_t size;
+	uint8_t *model, *src, *back;
+	int p[2];
+};
+
+static void fixture_open(struct fixture *f, void **state)
+{
+	f->rg = rg_of(state);
+	f->size = 8 * (uint64_t)CS;
+	f->model = malloc(f->size);
+	f->src = malloc(f->size);
+	f->back = malloc(f->size);
+	assert_non_null(f->model);
+	assert_non_null(f->src);
+	assert_non_null(f->back);
+	make_pipe(f->p);
+	f->v = cow_volume(f->rg, 8, f->model);
+}
+
+static void fixture_close(struct fixture *f)
+{
+	assert_rc(kiln_volume_close(f->v), 0);
+	close(f->p[0]);
+	close(f->p[1]);
+	free(f->back);
+	free(f->src);
+	free(f->model);
+}
+
 /* Dirty chunks as the map on disk has them, after a flush. */
 static uint64_t dirty_chunks(struct kiln_region *rg, struct kiln_volume *v)
 {
@@ -182,56 +217,45 @@ static void test_parts_make_one_write(void **state)
  * chunks and parts of them go straight in. */
 static void test_base_chunks(void **state)
 {
-	struct kiln_region *rg = rg_of(state);
-	const uint64_t nchunks = 8, size = nchunks * CS;
-	uint8_t *model = malloc(size), *src = malloc(4 * CS);
+	struct fixture f;
 	struct kiln_stream_write w;
-	struct kiln_volume *v;
-	int p[2];
 
-	assert_non_null(model);
-	assert_non_null(src);
-	make_pipe(p);
-	v = cow_volume(rg, nchunks, model);
-	unit_fill_random(src, 4 * CS, 99);
+	fixture_open(&f, state);
+	unit_fill_random(f.src, 4 * CS, 99);
 
 	/* part of chunk 1, chunks 2 and 3 whole, or 1 to 3: refused */
-	assert_rc(kiln_volume_stream_begin(v, CS - 10, CS + 10, &w), -EOPNOTSUPP);
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), -EOPNOTSUPP);
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS + 1, CS, &w), -EOPNOTSUPP);
-	assert_rc(kiln_volume_write(v, src, CS - 10, CS + 10), 0);
-	memcpy(model + CS + 10, src, CS - 10);
-	assert_rc(kiln_volume_write(v, src, 2 * CS, 2 * CS), 0);
-	memcpy(model + 2 * CS, src, 2 * CS);
-	assert_volume_is(v, model);
+	assert_rc(kiln_volume_stream_begin(f.v, CS - 10, CS + 10, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(f.v, 2 * CS, 2 * CS, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_stream_begin(f.v, 2 * CS + 1, CS, &w), -EOPNOTSUPP);
+	assert_rc(kiln_volume_write(f.v, f.src, CS - 10, CS + 10), 0);
+	memcpy(f.model + CS + 10, f.src, CS - 10);
+	assert_rc(kiln_volume_write(f.v, f.src, 2 * CS, 2 * CS), 0);
+	memcpy(f.model + 2 * CS, f.src, 2 * CS);
+	assert_volume_is(f.v, f.model);
 
 	/* chunks 1 to 3 are LOCAL now: whole chunks and parts go straight in */
-	unit_fill_random(src, 4 * CS, 98);
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 2 * CS, &w), 0);
-	assert_rc(pipe_part(&w, p, src, 2 * CS), 0);
+	unit_fill_random(f.src, 4 * CS, 98);
+	assert_rc(kiln_volume_stream_begin(f.v, 2 * CS, 2 * CS, &w), 0);
+	assert_rc(pipe_part(&w, f.p, f.src, 2 * CS), 0);
 	assert_rc(kiln_volume_stream_end(&w), 0);
-	memcpy(model + 2 * CS, src, 2 * CS);
-	assert_rc(kiln_volume_stream_begin(v, 100, CS + 5, &w), 0);
-	kiln_volume_stream_buf(&w, src + 7, 100);
+	memcpy(f.model + 2 * CS, f.src, 2 * CS);
+	assert_rc(kiln_volume_stream_begin(f.v, 100, CS + 5, &w), 0);
+	kiln_volume_stream_buf(&w, f.src + 7, 100);
 	assert_rc(kiln_volume_stream_end(&w), 0);
-	memcpy(model + CS + 5, src + 7, 100);
-	assert_volume_is(v, model);
+	memcpy(f.model + CS + 5, f.src + 7, 100);
+	assert_volume_is(f.v, f.model);
 
 	/* a part beyond the write's count: an error; the part before it
 	 * landed (each byte old or new), the one beyond was only taken */
-	assert_rc(kiln_volume_stream_begin(v, CS, 3 * CS, &w), 0);
-	kiln_volume_stream_buf(&w, src, CS / 2);
-	assert_rc(pipe_part(&w, p, src + CS, CS), 0);
-	assert_pipe_empty(p);
+	assert_rc(kiln_volume_stream_begin(f.v, CS, 3 * CS, &w), 0);
+	kiln_volume_stream_buf(&w, f.src, CS / 2);
+	assert_rc(pipe_part(&w, f.p, f.src + CS, CS), 0);
+	assert_pipe_empty(f.p);
 	assert_rc(kiln_volume_stream_end(&w), -EIO);
-	memcpy(model + 3 * CS, src, CS / 2);
-	assert_volume_is(v, model);
+	memcpy(f.model + 3 * CS, f.src, CS / 2);
+	assert_volume_is(f.v, f.model);
 
-	assert_rc(kiln_volume_close(v), 0);
-	close(p[0]);
-	close(p[1]);
-	free(src);
-	free(model);
+	fixture_close(&f);
 }
 
 /* What begin refuses takes nothing: a read-only volume, a range outside
@@ -261,92 +285,80 @@ static void test_refused(void **state)
  * loses the stream at once instead of waiting. */
 static void test_failed_part(void **state)
 {
-	struct kiln_region *rg = rg_of(state);
-	const uint64_t size = 8 * (uint64_t)CS;
-	uint8_t *model = malloc(size), *src = malloc(4 * CS), *back = malloc(size);
+	struct fixture f;
 	struct rlimit old, lim;
 	struct kiln_stream_write w;
 	char snap[KILN_ID_MAX];
-	struct kiln_volume *v;
-	int p[2], r;
+	int r;
 
-	assert_non_null(model);
-	assert_non_null(src);
-	assert_non_null(back);
-	make_pipe(p);
-	v = cow_volume(rg, 8, model);
-	unit_fill_random(src, 4 * CS, 5);
+	fixture_open(&f, state);
+	unit_fill_random(f.src, 4 * CS, 5);
 
 	signal(SIGXFSZ, SIG_IGN);
 	assert_rc(getrlimit(RLIMIT_FSIZE, &old), 0);
 	lim = old;
 	lim.rlim_cur = 5 * CS;
 	/* chunks 4 to 6 LOCAL and clean */
-	assert_rc(kiln_volume_write(v, src, 3 * CS, 4 * CS), 0);
-	memcpy(model + 4 * CS, src, 3 * CS);
-	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
-	unit_fill_random(src, 4 * CS, 55);
+	assert_rc(kiln_volume_write(f.v, f.src, 3 * CS, 4 * CS), 0);
+	memcpy(f.model + 4 * CS, f.src, 3 * CS);
+	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	unit_fill_random(f.src, 4 * CS, 55);
 
 	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
-	assert_rc(kiln_volume_stream_begin(v, 3 * CS, 4 * CS, &w), 0);
-	assert_rc(pipe_part(&w, p, src, CS / 2), 0);           /* below the limit: written */
-	assert_rc(pipe_part(&w, p, src + CS / 2, 2 * CS), 0);   /* crosses it */
-	assert_rc(pipe_part(&w, p, src + CS / 2 + 2 * CS, CS / 2), 0);
-	assert_pipe_empty(p);
+	assert_rc(kiln_volume_stream_begin(f.v, 3 * CS, 4 * CS, &w), 0);
+	assert_rc(pipe_part(&w, f.p, f.src, CS / 2), 0);           /* below the limit: written */
+	assert_rc(pipe_part(&w, f.p, f.src + CS / 2, 2 * CS), 0);   /* crosses it */
+	assert_rc(pipe_part(&w, f.p, f.src + CS / 2 + 2 * CS, CS / 2), 0);
+	assert_pipe_empty(f.p);
 	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
 	assert_rc(kiln_volume_stream_end(&w), -EFBIG);
-	memcpy(model + 4 * CS, src, CS);                        /* what landed */
-	assert_volume_is(v, model);
-	assert_int_equal(dirty_chunks(rg, v), 3);
-	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
-	assert_snapshot_is(rg, snap, model, size);
+	memcpy(f.model + 4 * CS, f.src, CS);                        /* what landed */
+	assert_volume_is(f.v, f.model);
+	assert_int_equal(dirty_chunks(f.rg, f.v), 3);
+	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_snapshot_is(f.rg, snap, f.model, f.size);
 
 	/* Under a plain write over whole BASE chunks 1 and 2, the limit in
 	 * the middle of 1: chunk 1 stays BASE and what landed never shows,
 	 * also once it is zeroed whole and written again. */
 	lim.rlim_cur = CS + CS / 2;
 	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
-	r = kiln_volume_write(v, src, 2 * CS, CS);
+	r = kiln_volume_write(f.v, f.src, 2 * CS, CS);
 	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
 	assert_int_equal(r, -EFBIG);
-	assert_volume_is(v, model);
-	assert_rc(kiln_volume_write_zeroes(v, CS, CS), 0);
-	memset(model + CS, 0, CS);
-	assert_rc(kiln_volume_write(v, "y", 1, CS + 5), 0);
-	model[CS + 5] = 'y';
-	assert_volume_is(v, model);
+	assert_volume_is(f.v, f.model);
+	assert_rc(kiln_volume_write_zeroes(f.v, CS, CS), 0);
+	memset(f.model + CS, 0, CS);
+	assert_rc(kiln_volume_write(f.v, "y", 1, CS + 5), 0);
+	f.model[CS + 5] = 'y';
+	assert_volume_is(f.v, f.model);
 	lim.rlim_cur = 5 * CS;
 
 	/* The same limit under a plain write over LOCAL chunks 4 and 5: what
 	 * landed is dirty, so the next snapshot reads what the volume reads. */
-	assert_rc(kiln_volume_write(v, src, 2 * CS, 4 * CS), 0);
-	memcpy(model + 4 * CS, src, 2 * CS);
-	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
-	unit_fill_random(src, 4 * CS, 6);
+	assert_rc(kiln_volume_write(f.v, f.src, 2 * CS, 4 * CS), 0);
+	memcpy(f.model + 4 * CS, f.src, 2 * CS);
+	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	unit_fill_random(f.src, 4 * CS, 6);
 	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
-	r = kiln_volume_write(v, src, 2 * CS, 4 * CS);
+	r = kiln_volume_write(f.v, f.src, 2 * CS, 4 * CS);
 	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
 	assert_int_equal(r, -EFBIG);
-	assert_rc(kiln_volume_read(v, back, size, 0), 0);
-	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
-	assert_snapshot_is(rg, snap, back, size);
-	assert_memory_equal(back + 6 * CS, model + 6 * CS, 2 * CS);
+	assert_rc(kiln_volume_read(f.v, f.back, f.size, 0), 0);
+	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_snapshot_is(f.rg, snap, f.back, f.size);
+	assert_memory_equal(f.back + 6 * CS, f.model + 6 * CS, 2 * CS);
 
 	/* A part the pipe does not hold: the stream is lost at once, not
 	 * waited for; the 100 bytes that were there landed. */
-	assert_rc(kiln_volume_stream_begin(v, CS, 4 * CS, &w), 0);
-	assert_int_equal(write(p[1], src, 100), 100);
-	assert_true(kiln_volume_stream_pipe(&w, p[0], 1000) < 0);
+	assert_rc(kiln_volume_stream_begin(f.v, CS, 4 * CS, &w), 0);
+	assert_int_equal(write(f.p[1], f.src, 100), 100);
+	assert_true(kiln_volume_stream_pipe(&w, f.p[0], 1000) < 0);
 	assert_true(kiln_volume_stream_end(&w) < 0);
-	memcpy(back + 4 * CS, src, 100);
-	assert_volume_is(v, back);
+	memcpy(f.back + 4 * CS, f.src, 100);
+	assert_volume_is(f.v, f.back);
 
-	assert_rc(kiln_volume_close(v), 0);
-	close(p[0]);
-	close(p[1]);
-	free(back);
-	free(src);
-	free(model);
+	fixture_close(&f);
 }
 
 /* A write that stops part way: what landed in LOCAL and ZERO chunks is
@@ -354,59 +366,46 @@ static void test_failed_part(void **state)
  * reads). */
 static void test_cut_short(void **state)
 {
-	struct kiln_region *rg = rg_of(state);
-	const uint64_t size = 8 * (uint64_t)CS;
-	uint8_t *model = malloc(size), *src = malloc(4 * CS), *back = malloc(size);
+	struct fixture f;
 	struct kiln_stream_write w;
 	char snap[KILN_ID_MAX];
-	struct kiln_volume *v;
-	int p[2];
 
-	assert_non_null(model);
-	assert_non_null(src);
-	assert_non_null(back);
-	make_pipe(p);
-	v = cow_volume(rg, 8, model);                   /* all BASE */
-	unit_fill_random(src, 4 * CS, 21);
-	assert_rc(kiln_volume_write(v, src, 2 * CS, 0), 0);    /* 0, 1 LOCAL */
-	memcpy(model, src, 2 * CS);
-	assert_rc(kiln_volume_write_zeroes(v, 2 * CS, 4 * CS), 0);     /* 4, 5 ZERO */
-	memset(model + 4 * CS, 0, 2 * CS);
-	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
-	assert_int_equal(dirty_chunks(rg, v), 0);
+	fixture_open(&f, state);
+	unit_fill_random(f.src, 4 * CS, 21);
+	assert_rc(kiln_volume_write(f.v, f.src, 2 * CS, 0), 0);    /* 0, 1 LOCAL */
+	memcpy(f.model, f.src, 2 * CS);
+	assert_rc(kiln_volume_write_zeroes(f.v, 2 * CS, 4 * CS), 0);     /* 4, 5 ZERO */
+	memset(f.model + 4 * CS, 0, 2 * CS);
+	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_int_equal(dirty_chunks(f.rg, f.v), 0);
 
 	/* over LOCAL 0 and 1: a part and a half of a chunk land, then the end */
-	unit_fill_random(src, 4 * CS, 22);
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 0, &w), 0);
-	kiln_volume_stream_buf(&w, src, CS / 2);
-	assert_rc(pipe_part(&w, p, src + CS / 2, CS), 0);
+	unit_fill_random(f.src, 4 * CS, 22);
+	assert_rc(kiln_volume_stream_begin(f.v, 2 * CS, 0, &w), 0);
+	kiln_volume_stream_buf(&w, f.src, CS / 2);
+	assert_rc(pipe_part(&w, f.p, f.src + CS / 2, CS), 0);
 	assert_rc(kiln_volume_stream_end(&w), -EIO);
-	memcpy(model, src, CS + CS / 2);
-	assert_volume_is(v, model);
-	assert_int_equal(dirty_chunks(rg, v), 2);
+	memcpy(f.model, f.src, CS + CS / 2);
+	assert_volume_is(f.v, f.model);
+	assert_int_equal(dirty_chunks(f.rg, f.v), 2);
 
 	/* over ZERO 4 and 5: half of 4 lands; zeroing part of that, and a
 	 * write at the end of the chunk, leave the rest as it landed */
-	assert_rc(kiln_volume_stream_begin(v, 2 * CS, 4 * CS, &w), 0);
-	assert_rc(pipe_part(&w, p, src, CS / 2), 0);
+	assert_rc(kiln_volume_stream_begin(f.v, 2 * CS, 4 * CS, &w), 0);
+	assert_rc(pipe_part(&w, f.p, f.src, CS / 2), 0);
 	assert_rc(kiln_volume_stream_end(&w), -EIO);
-	memcpy(model + 4 * CS, src, CS / 2);
-	assert_volume_is(v, model);
-	assert_rc(kiln_volume_write_zeroes(v, CS / 4, 4 * CS), 0);
-	memset(model + 4 * CS, 0, CS / 4);
-	assert_rc(kiln_volume_write(v, "z", 1, 5 * CS - 1), 0);
-	model[5 * CS - 1] = 'z';
-	assert_volume_is(v, model);
+	memcpy(f.model + 4 * CS, f.src, CS / 2);
+	assert_volume_is(f.v, f.model);
+	assert_rc(kiln_volume_write_zeroes(f.v, CS / 4, 4 * CS), 0);
+	memset(f.model + 4 * CS, 0, CS / 4);
+	assert_rc(kiln_volume_write(f.v, "z", 1, 5 * CS - 1), 0);
+	f.model[5 * CS - 1] = 'z';
+	assert_volume_is(f.v, f.model);
 
-	assert_rc(kiln_volume_snapshot(v, ACCOUNT, NULL, NULL, NULL, snap), 0);
-	assert_rc(kiln_snapshot_read(rg, snap, back, size, 0), 0);
-	assert_memory_equal(back, model, size);
-	assert_rc(kiln_volume_close(v), 0);
-	close(p[0]);
-	close(p[1]);
-	free(back);
-	free(src);
-	free(model);
+	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
+	assert_rc(kiln_snapshot_read(f.rg, snap, f.back, f.size, 0), 0);
+	assert_memory_equal(f.back, f.model, f.size);
+	fixture_close(&f);
 }
 
 /* Chunks larger than an overlay piece: a plain write over a whole BASE
@@ -456,48 +455,35 @@ static void test_failed_whole_base_write_big_chunks(void **state)
 
 static void test_splice_read(void **state)
 {
-	struct kiln_region *rg = rg_of(state);
-	const uint64_t size = 8 * (uint64_t)CS;
-	uint8_t *model = malloc(size), *src = malloc(4 * CS), *buf = malloc(4 * CS);
-	struct kiln_volume *v;
-	int p[2];
+	struct fixture f;
 
-	assert_non_null(model);
-	assert_non_null(src);
-	assert_non_null(buf);
-	make_pipe(p);
-	v = cow_volume(rg, 8, model);
-	unit_fill_random(src, 4 * CS, 11);
-	assert_rc(kiln_volume_write(v, src, 3 * CS, 2 * CS), 0);       /* chunks 2-4 LOCAL */
-	memcpy(model + 2 * CS, src, 3 * CS);
-	assert_rc(kiln_volume_trim(v, CS, 5 * CS), 0);                 /* 5 ZERO */
-	memset(model + 5 * CS, 0, CS);
+	fixture_open(&f, state);
+	unit_fill_random(f.src, 4 * CS, 11);
+	assert_rc(kiln_volume_write(f.v, f.src, 3 * CS, 2 * CS), 0);       /* chunks 2-4 LOCAL */
+	memcpy(f.model + 2 * CS, f.src, 3 * CS);
+	assert_rc(kiln_volume_trim(f.v, CS, 5 * CS), 0);                 /* 5 ZERO */
+	memset(f.model + 5 * CS, 0, CS);
 
-	assert_rc(kiln_volume_splice_read(v, p, 3 * CS - 100, 2 * CS + 50), 0);
-	assert_int_equal(read(p[0], buf, 4 * CS), 3 * CS - 100);
-	assert_memory_equal(buf, model + 2 * CS + 50, 3 * CS - 100);
-	assert_pipe_empty(p);
+	assert_rc(kiln_volume_splice_read(f.v, f.p, 3 * CS - 100, 2 * CS + 50), 0);
+	assert_int_equal(read(f.p[0], f.back, 4 * CS), 3 * CS - 100);
+	assert_memory_equal(f.back, f.model + 2 * CS + 50, 3 * CS - 100);
+	assert_pipe_empty(f.p);
 
 	/* BASE, ZERO, outside the volume, empty: refused, nothing taken */
-	assert_rc(kiln_volume_splice_read(v, p, 2 * CS, CS), -EOPNOTSUPP);
-	assert_rc(kiln_volume_splice_read(v, p, 2 * CS, 4 * CS), -EOPNOTSUPP);
-	assert_rc(kiln_volume_splice_read(v, p, CS, 8 * CS), -EOPNOTSUPP);
-	assert_rc(kiln_volume_splice_read(v, p, 0, 2 * CS), -EOPNOTSUPP);
-	assert_pipe_empty(p);
+	assert_rc(kiln_volume_splice_read(f.v, f.p, 2 * CS, CS), -EOPNOTSUPP);
+	assert_rc(kiln_volume_splice_read(f.v, f.p, 2 * CS, 4 * CS), -EOPNOTSUPP);
+	assert_rc(kiln_volume_splice_read(f.v, f.p, CS, 8 * CS), -EOPNOTSUPP);
+	assert_rc(kiln_volume_splice_read(f.v, f.p, 0, 2 * CS), -EOPNOTSUPP);
+	assert_pipe_empty(f.p);
 
 	/* a pipe too small for the read: an error, and the pipe is empty */
-	assert_true(fcntl(p[1], F_SETPIPE_SZ, (int)CS) >= (int)CS);
-	assert_true(fcntl(p[1], F_GETPIPE_SZ) < (int)(3 * CS));
-	assert_true(kiln_volume_splice_read(v, p, 3 * CS, 2 * CS) < 0);
-	assert_pipe_empty(p);
-	assert_volume_is(v, model);
+	assert_true(fcntl(f.p[1], F_SETPIPE_SZ, (int)CS) >= (int)CS);
+	assert_true(fcntl(f.p[1], F_GETPIPE_SZ) < (int)(3 * CS));
+	assert_true(kiln_volume_splice_read(f.v, f.p, 3 * CS, 2 * CS) < 0);
+	assert_pipe_empty(f.p);
+	assert_volume_is(f.v, f.model);
 
-	assert_rc(kiln_volume_close(v), 0);
-	close(p[0]);
-	close(p[1]);
-	free(buf);
-	free(src);
-	free(model);
+	fixture_close(&f);
 }
 
 int main(void)
