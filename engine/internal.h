@@ -196,6 +196,8 @@ struct vmap {
 	uint8_t *entries;
 	uint8_t *page_dirty;            /* one flag per 4 KiB page of entries */
 	bool header_dirty;
+	uint8_t *staged;                /* vmap_stage's copy of changed pages */
+	uint8_t *page_staged;
 };
 
 static inline enum chunk_state vmap_state(const struct vmap *m, uint64_t i)
@@ -221,6 +223,15 @@ struct vmap *vmap_from_manifest(const struct manifest *base);
 bool vmap_locked(int fd);
 /* Write what changed and fdatasync. */
 int vmap_sync(struct vmap *m);
+/* A flush writes the map in two steps around the overlay's fdatasync:
+ * vmap_stage copies the pages changed since the last write (under the
+ * caller's map lock), vmap_write_staged writes that copy. A state set
+ * after the copy waits for the next flush, since its bytes may have
+ * missed the fdatasync between. Callers run one pair at a time; after a
+ * failed write, vmap_unstage (map lock held) marks the pages changed again. */
+int vmap_stage(struct vmap *m);
+int vmap_write_staged(struct vmap *m);
+void vmap_unstage(struct vmap *m);
 /* Close; when writable, sync and mark the map clean. */
 int vmap_close(struct vmap *m);
 
@@ -376,6 +387,7 @@ struct kiln_volume {
 	uint8_t *zero_chunk;
 	pthread_rwlock_t io_lock;       /* I/O shared, snapshot exclusive */
 	pthread_mutex_t map_lock;       /* map entries */
+	pthread_mutex_t flush_lock;     /* one flush at a time writes the map */
 	pthread_mutex_t chunk_locks[64];/* copy-up of one chunk at a time */
 	/* Set up by the first precapture: per chunk, a count of completed
 	 * changes (under map_lock), and the records captured ahead. */

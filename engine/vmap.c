@@ -136,6 +136,8 @@ static void vmap_free(struct vmap *m)
 		close(m->fd);
 	free(m->entries);
 	free(m->page_dirty);
+	free(m->staged);
+	free(m->page_staged);
 	free(m);
 }
 
@@ -307,6 +309,69 @@ int vmap_sync(struct vmap *m)
 	if (any && fdatasync(m->fd) < 0)
 		return -errno;
 	return 0;
+}
+
+int vmap_stage(struct vmap *m)
+{
+	uint64_t npages = m->nchunks / VMAP_PAGE + 1;
+
+	if (!m->staged) {
+		m->staged = malloc(m->nchunks ? m->nchunks : 1);
+		m->page_staged = calloc(npages, 1);
+		if (!m->staged || !m->page_staged)
+			return -ENOMEM;
+	}
+	for (uint64_t p = 0; p < npages; p++) {
+		uint64_t start = p * VMAP_PAGE;
+		uint64_t len = MIN((uint64_t)VMAP_PAGE, m->nchunks - start);
+
+		if (!m->page_dirty[p] || len == 0)
+			continue;
+		memcpy(m->staged + start, m->entries + start, len);
+		m->page_staged[p] = 1;
+		m->page_dirty[p] = 0;
+	}
+	return 0;
+}
+
+int vmap_write_staged(struct vmap *m)
+{
+	bool any = false;
+	int r;
+
+	for (uint64_t p = 0; m->page_staged && p <= m->nchunks / VMAP_PAGE; p++) {
+		uint64_t start = p * VMAP_PAGE;
+		uint64_t len = MIN((uint64_t)VMAP_PAGE, m->nchunks - start);
+
+		if (!m->page_staged[p])
+			continue;
+		r = pwrite_all(m->fd, m->staged + start, len, VMAP_HEADER_SIZE + start);
+		if (r < 0)
+			return r;
+		any = true;
+	}
+	/* The header changes only under a snapshot, which no flush runs with. */
+	if (m->header_dirty) {
+		r = write_header(m, false);
+		if (r < 0)
+			return r;
+		m->header_dirty = false;
+		any = true;
+	}
+	if (any && fdatasync(m->fd) < 0)
+		return -errno;
+	if (m->page_staged)
+		memset(m->page_staged, 0, m->nchunks / VMAP_PAGE + 1);
+	return 0;
+}
+
+void vmap_unstage(struct vmap *m)
+{
+	for (uint64_t p = 0; m->page_staged && p <= m->nchunks / VMAP_PAGE; p++) {
+		if (m->page_staged[p])
+			m->page_dirty[p] = 1;
+		m->page_staged[p] = 0;
+	}
 }
 
 int vmap_close(struct vmap *m)

@@ -18,7 +18,8 @@
  * zeroes.
  *
  * Locking: io_lock is taken shared by every I/O call and exclusively by
- * snapshot, which so sees a frozen volume. map_lock guards the map's
+ * snapshot, which so sees a frozen volume. flush_lock lets one flush at a
+ * time write the map. map_lock guards the map's
  * entries. A stripe of chunk locks serialises copy-up of one chunk. */
 #include <errno.h>
 #include <fcntl.h>
@@ -369,6 +370,7 @@ int kiln_volume_open(struct kiln_region *rg, const char *id, unsigned flags,
 	snprintf(v->source_snapshot, sizeof v->source_snapshot, "%s", info.snapshot_id);
 	pthread_rwlock_init(&v->io_lock, NULL);
 	pthread_mutex_init(&v->map_lock, NULL);
+	pthread_mutex_init(&v->flush_lock, NULL);
 	for (int i = 0; i < CHUNK_LOCKS; i++)
 		pthread_mutex_init(&v->chunk_locks[i], NULL);
 
@@ -425,6 +427,7 @@ int kiln_snapshot_open(struct kiln_region *rg, const char *snapshot_id, struct k
 	snprintf(v->id, sizeof v->id, "%s", snapshot_id);
 	pthread_rwlock_init(&v->io_lock, NULL);
 	pthread_mutex_init(&v->map_lock, NULL);
+	pthread_mutex_init(&v->flush_lock, NULL);
 	for (int i = 0; i < CHUNK_LOCKS; i++)
 		pthread_mutex_init(&v->chunk_locks[i], NULL);
 	r = snapshot_manifest(rg, snapshot_id, &v->parent);
@@ -464,6 +467,7 @@ int kiln_volume_close(struct kiln_volume *v)
 	free(v->zero_chunk);
 	pthread_rwlock_destroy(&v->io_lock);
 	pthread_mutex_destroy(&v->map_lock);
+	pthread_mutex_destroy(&v->flush_lock);
 	for (int i = 0; i < CHUNK_LOCKS; i++)
 		pthread_mutex_destroy(&v->chunk_locks[i]);
 	free(v);
@@ -994,14 +998,29 @@ int kiln_volume_submit(struct kiln_volume *v, struct kiln_io *ios, size_t n)
 	return 0;
 }
 
+/* The map's states are taken before the overlay's fdatasync and written
+ * after it: a state another writer sets in between may name bytes the
+ * fdatasync missed (a state never claims bytes that are not durable). */
 int volume_flush_locked(struct kiln_volume *v)
 {
+	int r;
+
 	if (!v->writable)
 		return 0;
-	if (fdatasync(v->overlay_fd) < 0)
-		return -errno;
-	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->map_lock);
-	return vmap_sync(v->map);
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&v->flush_lock);
+	pthread_mutex_lock(&v->map_lock);
+	r = vmap_stage(v->map);
+	pthread_mutex_unlock(&v->map_lock);
+	if (r == 0 && fdatasync(v->overlay_fd) < 0)
+		r = -errno;
+	if (r == 0)
+		r = vmap_write_staged(v->map);
+	if (r < 0) {
+		pthread_mutex_lock(&v->map_lock);
+		vmap_unstage(v->map);
+		pthread_mutex_unlock(&v->map_lock);
+	}
+	return r;
 }
 
 int kiln_volume_flush(struct kiln_volume *v)
