@@ -280,36 +280,6 @@ out_free:
 	return r;
 }
 
-int vmap_sync(struct vmap *m)
-{
-	bool any = false;
-	int r;
-
-	for (uint64_t p = 0; p <= m->nchunks / VMAP_PAGE; p++) {
-		uint64_t start = p * VMAP_PAGE;
-		uint64_t len = MIN((uint64_t)VMAP_PAGE, m->nchunks - start);
-
-		if (!m->page_dirty[p] || len == 0)
-			continue;
-		m->page_dirty[p] = 0;
-		r = pwrite_all(m->fd, m->entries + start, len, VMAP_HEADER_SIZE + start);
-		if (r < 0) {
-			m->page_dirty[p] = 1;
-			return r;
-		}
-		any = true;
-	}
-	if (m->header_dirty) {
-		r = write_header(m, false);
-		if (r < 0)
-			return r;
-		m->header_dirty = false;
-		any = true;
-	}
-	if (any && fdatasync(m->fd) < 0)
-		return -errno;
-	return 0;
-}
 
 int vmap_stage(struct vmap *m)
 {
@@ -372,6 +342,17 @@ void vmap_unstage(struct vmap *m)
 			m->page_dirty[p] = 1;
 		m->page_staged[p] = 0;
 	}
+}
+
+int vmap_sync(struct vmap *m)
+{
+	int r = vmap_stage(m);
+
+	if (r == 0)
+		r = vmap_write_staged(m);
+	if (r < 0)
+		vmap_unstage(m);
+	return r;
 }
 
 int vmap_close(struct vmap *m)
