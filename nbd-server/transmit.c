@@ -988,10 +988,12 @@ static int splice_read(struct tx *t, const struct nbd_request *req)
 	if (req->count < SPLICE_MIN || req->offset % 4096 != 0 || !open_pipe(t) ||
 	    req->count > t->pipe_size)
 		return 0;
-	if (run_batch(t) < 0 || flush_replies(t) < 0)
-		return -1;
+	/* Into the pipe first: a read of chunks in packs is refused here
+	 * and joins the batch, which must not be cut short for it. */
 	if (kiln_volume_splice_read(t->c->exp->vol, t->pipe, req->count, req->offset) < 0)
 		return 0;
+	if (run_batch(t) < 0 || flush_replies(t) < 0)
+		return -1;
 	if (t->c->structured) {
 		head.data.h = (struct nbd_structured_reply){
 			.magic = htobe32(NBD_STRUCTURED_REPLY_MAGIC),
