@@ -962,7 +962,7 @@ static int max_pack_number(struct chunkstore *cs, uint32_t *ret_max)
 	return 0;
 }
 
-/* Called with the lock held. */
+/* Called by the thread in the write session. */
 static int new_pack(struct chunkstore *cs)
 {
 	uint8_t h[PACK_HEADER_SIZE];
@@ -1123,7 +1123,8 @@ int cs_begin(struct chunkstore *cs)
 }
 
 /* Append one record to the pack being written, starting a new pack past
- * PACK_LIMIT; *ret_loc says where it went. Called with the lock held. */
+ * PACK_LIMIT; *ret_loc says where it went. Called by the thread in the
+ * write session; the lock is not needed for the pack's state. */
 static int append_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
 			 uint32_t stored_len, uint32_t raw_len, uint16_t flags, struct chunk_loc *ret_loc)
 {
@@ -1151,31 +1152,49 @@ static int append_record(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE],
 	return 0;
 }
 
+/* Room for one more pending record. Called with the lock held. */
+static int reserve_pending(struct chunkstore *cs)
+{
+	size_t ncap;
+	struct pending *p;
+
+	if (cs->npending < cs->pending_cap)
+		return 0;
+	ncap = cs->pending_cap ? cs->pending_cap * 2 : 1024;
+	p = realloc(cs->pending, ncap * sizeof *p);
+	if (!p)
+		return -ENOMEM;
+	cs->pending = p;
+	cs->pending_cap = ncap;
+	return 0;
+}
+
 int cs_add(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], const void *stored,
 	   uint32_t stored_len, uint32_t raw_len, uint16_t flags, bool *ret_added)
 {
-	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
 	struct chunk_loc loc;
 	int r;
 
+	/* The table is shared with lookups and reads on other threads; the
+	 * pack being written belongs to the one thread in the write session.
+	 * So the lock covers the table alone, and the copy into the pack
+	 * buffer, and any wait for the pack's last write, run without it:
+	 * the pool's lookups during a capture would otherwise sleep on it. */
+	pthread_mutex_lock(&cs->lock);
 	if (!cs->writing)
-		return -EINVAL;
-	if (table_find(cs, id)) {
+		r = -EINVAL;
+	else
+		r = table_find(cs, id) ? 1 : reserve_pending(cs);
+	pthread_mutex_unlock(&cs->lock);
+	if (r != 0) {
 		*ret_added = false;
-		return 0;
-	}
-	if (cs->npending == cs->pending_cap) {
-		size_t ncap = cs->pending_cap ? cs->pending_cap * 2 : 1024;
-		struct pending *p = realloc(cs->pending, ncap * sizeof *p);
-
-		if (!p)
-			return -ENOMEM;
-		cs->pending = p;
-		cs->pending_cap = ncap;
+		return r < 0 ? r : 0;
 	}
 	r = append_record(cs, id, stored, stored_len, raw_len, flags, &loc);
-	if (r == 0)
-		r = table_put(cs, id, &loc);
+	if (r < 0)
+		return r;
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+	r = table_put(cs, id, &loc);
 	if (r < 0)
 		return r;
 	memcpy(cs->pending[cs->npending].id, id, CHUNK_ID_SIZE);
