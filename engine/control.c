@@ -11,11 +11,19 @@
  *   SNAPSHOT-SET <account> <description, hex, or -> <vol-id>...\n
  *   -> OK <snap-id>...\n   (one barrier across the volumes)
  *
+ * While the owner works it sends "WAIT\n" every second, so a client that
+ * hears nothing for CONTROL_SILENCE_MS knows the owner is stopped or hung
+ * and gives up with -ETIMEDOUT. An owner that finds its client gone
+ * before it starts (one that gave up on it) does nothing.
+ *
  * The socket is reached through /proc/self/fd/<volumes dir>/ so the store
  * path never meets the 108-byte limit of sun_path. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -24,6 +32,8 @@
 #include "internal.h"
 
 #define CONTROL_LINE_MAX 4096
+#define CONTROL_KEEPALIVE_MS 1000
+#define CONTROL_SILENCE_MS 10000
 
 static int control_addr(struct kiln_region *rg, const char *volume_id, struct sockaddr_un *sa)
 {
@@ -73,13 +83,27 @@ void kiln_volume_control_close(struct kiln_volume *v, int fd)
 		unlinkat(v->region->volumes_dirfd, name, 0);
 }
 
-static ssize_t read_line(int fd, char *buf, size_t cap)
+/* One line; with timeout_ms >= 0, -ETIMEDOUT after that long without a
+ * byte (the server side relies on SO_RCVTIMEO instead). */
+static ssize_t read_line(int fd, char *buf, size_t cap, int timeout_ms)
 {
 	size_t n = 0;
 
 	while (n + 1 < cap) {
-		ssize_t r = read(fd, buf + n, 1);
+		ssize_t r;
 
+		if (timeout_ms >= 0) {
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+			int k = poll(&p, 1, timeout_ms);
+
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k < 0)
+				return -errno;
+			if (k == 0)
+				return -ETIMEDOUT;
+		}
+		r = read(fd, buf + n, 1);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -95,6 +119,17 @@ static ssize_t read_line(int fd, char *buf, size_t cap)
 		n++;
 	}
 	return -EMSGSIZE;
+}
+
+/* The owner's answer, past its "WAIT" lines. */
+static ssize_t read_reply(int fd, char *buf, size_t cap)
+{
+	for (;;) {
+		ssize_t n = read_line(fd, buf, cap, CONTROL_SILENCE_MS);
+
+		if (n < 0 || strcmp(buf, "WAIT") != 0)
+			return n;
+	}
 }
 
 static int send_line(int fd, const char *s)
@@ -113,6 +148,59 @@ static int send_line(int fd, const char *s)
 		len -= (size_t)r;
 	}
 	return 0;
+}
+
+/* "WAIT" to the client every CONTROL_KEEPALIVE_MS while the owner works. */
+struct keepalive {
+	int fd;
+	bool done, started;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	pthread_t thread;
+};
+
+static void *keepalive_main(void *arg)
+{
+	struct keepalive *k = arg;
+
+	pthread_mutex_lock(&k->lock);
+	while (!k->done) {
+		struct timespec t;
+
+		clock_gettime(CLOCK_REALTIME, &t);
+		t.tv_sec += CONTROL_KEEPALIVE_MS / 1000;
+		if (pthread_cond_timedwait(&k->cond, &k->lock, &t) == ETIMEDOUT && !k->done)
+			send_line(k->fd, "WAIT\n");
+	}
+	pthread_mutex_unlock(&k->lock);
+	return NULL;
+}
+
+/* -ECONNABORTED when the client has already hung up: it gave up on us
+ * (a stopped daemon, resumed), so nothing is to be done. */
+static int keepalive_start(struct keepalive *k, int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+
+	if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+		return -ECONNABORTED;
+	*k = (struct keepalive){ .fd = fd };
+	pthread_mutex_init(&k->lock, NULL);
+	pthread_cond_init(&k->cond, NULL);
+	k->started = pthread_create(&k->thread, NULL, keepalive_main, k) == 0;
+	return 0;
+}
+
+static void keepalive_stop(struct keepalive *k)
+{
+	pthread_mutex_lock(&k->lock);
+	k->done = true;
+	pthread_cond_signal(&k->cond);
+	pthread_mutex_unlock(&k->lock);
+	if (k->started)
+		pthread_join(k->thread, NULL);
+	pthread_cond_destroy(&k->cond);
+	pthread_mutex_destroy(&k->lock);
 }
 
 #define SET_MAX 32
@@ -156,8 +244,15 @@ static int serve_set(int client_fd, char *args, const struct kiln_control_ops *o
 	}
 	if (r == 0 && n == 0)
 		r = -EINVAL;
-	if (r == 0)
-		r = kiln_volumes_snapshot(vols, n, account, desc, ids);
+	if (r == 0) {
+		struct keepalive k;
+
+		r = keepalive_start(&k, client_fd);
+		if (r == 0) {
+			r = kiln_volumes_snapshot(vols, n, account, desc, ids);
+			keepalive_stop(&k);
+		}
+	}
 	for (size_t i = 0; i < n; i++)
 		ops->release(ops->opaque, vols[i]);
 	if (r < 0) {
@@ -182,11 +277,12 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct
 	char line[CONTROL_LINE_MAX], reply[64], account[KILN_ACCOUNT_LEN + 2];
 	char desc[256] = "";
 	char id[KILN_ID_MAX];
+	struct keepalive k;
 	const char *hex;
 	ssize_t n;
 	int r;
 
-	n = read_line(client_fd, line, sizeof line);
+	n = read_line(client_fd, line, sizeof line, -1);
 	if (n < 0)
 		return (int)n;
 	if (strncmp(line, "SNAPSHOT-SET ", 13) == 0)
@@ -205,7 +301,11 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct
 		return -EINVAL;
 	}
 	desc[strlen(hex) / 2] = '\0';
+	r = keepalive_start(&k, client_fd);
+	if (r < 0)
+		return r;
 	r = kiln_volume_snapshot(v, account, desc, NULL, NULL, id);
+	keepalive_stop(&k);
 	if (r < 0)
 		snprintf(reply, sizeof reply, "ERR %d\n", -r);
 	else
@@ -244,9 +344,11 @@ int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *
 	r = send_line(fd, line);
 	if (r < 0)
 		return r;
-	n = read_line(fd, reply, sizeof reply);
+	n = read_reply(fd, reply, sizeof reply);
 	if (n == -ENODATA)
 		return -EAGAIN;         /* the export closed before it read us */
+	if (n == -ETIMEDOUT)
+		return -ETIMEDOUT;      /* the owner is stopped or hung */
 	if (n < 0)
 		return -EIO;
 	if (strncmp(reply, "OK ", 3) == 0 && kiln_id_valid(reply + 3, "snap")) {
@@ -292,7 +394,10 @@ int control_snapshot_set(struct kiln_region *rg, const char *const *volume_ids, 
 	r = send_line(fd, line);
 	if (r < 0)
 		return r;
-	if (read_line(fd, reply, sizeof reply) < 0)
+	r = (int)read_reply(fd, reply, sizeof reply);
+	if (r == -ETIMEDOUT)
+		return r;
+	if (r < 0)
 		return -EIO;
 	if (strncmp(reply, "ERR ", 4) == 0)
 		return atoi(reply + 4) > 0 ? -atoi(reply + 4) : -EIO;

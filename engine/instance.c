@@ -296,7 +296,9 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 	for (size_t i = 0; i < nebs; i++)
 		kiln_volume_close(vols[i]);
 	if (r < 0) {
-		set_why(wbuf, wlen, r, "cannot snapshot the volumes of %s: %s", instance_id, strerror(-r));
+		set_why(wbuf, wlen, r, "cannot snapshot the volumes of %s: %s", instance_id,
+			r == -ETIMEDOUT ? "the kiln-nbd serving them has stopped answering (stopped or hung?)" :
+			strerror(-r));
 		goto out;
 	}
 	(void)nopen;

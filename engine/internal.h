@@ -41,7 +41,8 @@ void hex_encode(const uint8_t *in, size_t len, char *out);
 int hex_decode(const char *in, uint8_t *out, size_t len);
 int64_t now_seconds(void);
 /* Fault injection for crash tests: when KILN_CRASH_POINT names this point,
- * the process kills itself with SIGKILL right here. */
+ * the process kills itself with SIGKILL right here; KILN_STALL_POINT=
+ * name:seconds makes it wait here instead, as behind a slow disk. */
 void crash_point(const char *name);
 /* Write a reason into buf (len bytes, may be NULL) and return r: for the
  * calls that explain a refusal to a person. */

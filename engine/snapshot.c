@@ -215,6 +215,7 @@ static int snapshot_locked(struct kiln_volume *v, const char *account, const cha
 	if (r < 0)
 		goto out;
 	writing = true;
+	crash_point("snapshot:capture");
 	r = precap_take(v, pending, &npending, m, &c);
 	if (r == 0)
 		r = capture_dirty(v, pending, npending, m, &c, progress, opaque);

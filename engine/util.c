@@ -248,16 +248,25 @@ bool buf_is_zero(const void *buf, size_t len)
 
 void crash_point(const char *name)
 {
-	static const char *want;
+	static const char *want, *stall;
 	static bool looked;
 
 	if (!looked) {
 		want = getenv("KILN_CRASH_POINT");
+		stall = getenv("KILN_STALL_POINT");
 		looked = true;
 	}
 	if (unlikely(want != NULL) && strcmp(want, name) == 0) {
 		debug("crash point %s: SIGKILL", name);
 		kill(getpid(), SIGKILL);
+	}
+	if (unlikely(stall != NULL)) {
+		size_t n = strlen(name);
+
+		if (strncmp(stall, name, n) == 0 && stall[n] == ':') {
+			debug("crash point %s: stalling %s s", name, stall + n + 1);
+			sleep((unsigned)atoi(stall + n + 1));
+		}
 	}
 }
 

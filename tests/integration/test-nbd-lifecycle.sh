@@ -5,7 +5,8 @@
 # --tcp on a free port; the daemon forking into the background; exports
 # created after the daemon started; --export limits what is served;
 # --exit-with-parent; `kiln snapshot create` without the daemon on a volume
-# nobody serves; bad command lines are refused with a message.
+# nobody serves, and through a daemon that is stopped; bad command lines
+# are refused with a message.
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-functions.sh"
 requires_libnbd_python
@@ -269,6 +270,40 @@ hold_export
 rm -f "$ctl"
 expect_fail "$KILN" snapshot create "$blank"
 [[ $ERR == *"is in use"* ]] || fail "snapshot of a busy volume nobody answers for: $ERR"
+kill "$holder"
+stop_nbd
+
+# ---- a stopped daemon -----------------------------------------------------
+# kiln gives up on a daemon that has stopped answering (SIGSTOP here)
+# after 10 s of silence, says so, and the daemon, resumed, does not take
+# the snapshot nobody waits for any more. A daemon at work says so every
+# second, so a snapshot that takes long is not given up on.
+start_nbd
+hold_export
+before=$(snapshot_ids | sort)
+kill -STOP "$NBD_PID"
+start=$(date +%s)
+expect_fail timeout 60 "$KILN" snapshot create "$blank"
+took=$(($(date +%s) - start))
+kill -CONT "$NBD_PID"
+[[ $ERR == *"stopped answering"* ]] || fail "snapshot through a stopped daemon: $ERR"
+((took >= 9 && took <= 30)) || fail "snapshot through a stopped daemon gave up after $took s, not about 10"
+sleep 1.5                               # the resumed daemon reads the abandoned request
+assert_eq "$(snapshot_ids | sort)" "$before" "snapshots after a request abandoned while the daemon was stopped"
+snap=$("$KILN" snapshot create "$blank") || fail "snapshot create once the daemon resumed"
+assert_id snap "$snap"
+kill "$holder"
+stop_nbd
+# A daemon whose snapshot takes 12 s (stalled, as behind a slow disk) is
+# still at work, and says so: kiln waits for it.
+export KILN_STALL_POINT=snapshot:capture:12
+start_nbd
+unset KILN_STALL_POINT
+hold_export
+start=$(date +%s)
+snap=$(timeout 60 "$KILN" snapshot create "$blank") || fail "a slow snapshot through the daemon: exit $?"
+assert_id snap "$snap"
+(($(date +%s) - start >= 11)) || fail "the daemon's snapshot was not stalled: the test tests nothing"
 kill "$holder"
 stop_nbd
 

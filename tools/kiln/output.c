@@ -59,6 +59,10 @@ void err_id(const struct cli_ctx *ctx, const char *kind, const char *id, int r)
 	case -EPERM:
 		errmsg("only the owner of %s %s may do that", kind, id);
 		break;
+	case -ETIMEDOUT:
+		errmsg("%s %s: the kiln-nbd serving it has stopped answering (stopped or hung?)",
+		       kind, id);
+		break;
 	default:
 		errmsg_errno(r, "%s %s", kind, id);
 		break;
