@@ -360,7 +360,9 @@ int control_snapshot(struct kiln_region *rg, const char *volume_id, const char *
 	return -EIO;
 }
 
-/* Ask the daemon that owns volume_ids[0] for one barrier snapshot of all. */
+/* Ask the daemon that owns volume_ids[0] for one barrier snapshot of all.
+ * -EAGAIN as for control_snapshot(); -EBUSY when it does not serve one of
+ * them (an export closing, or another process has it). */
 int control_snapshot_set(struct kiln_region *rg, const char *const *volume_ids, size_t n,
 			 const char *account, const char *description, char (*ret_ids)[KILN_ID_MAX])
 {
@@ -380,7 +382,7 @@ int control_snapshot_set(struct kiln_region *rg, const char *const *volume_ids, 
 	if (fd < 0)
 		return -errno;
 	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
-		return -EBUSY;
+		return errno == ECONNREFUSED || errno == ENOENT ? -EAGAIN : -EBUSY;
 	pos = (size_t)snprintf(line, sizeof line, "SNAPSHOT-SET %s ", account);
 	if (dlen) {
 		hex_encode((const uint8_t *)description, dlen, line + pos);
@@ -395,6 +397,8 @@ int control_snapshot_set(struct kiln_region *rg, const char *const *volume_ids, 
 	if (r < 0)
 		return r;
 	r = (int)read_reply(fd, reply, sizeof reply);
+	if (r == -ENODATA)
+		return -EAGAIN;         /* the export closed before it read us */
 	if (r == -ETIMEDOUT)
 		return r;
 	if (r < 0)

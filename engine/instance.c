@@ -272,26 +272,42 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 	for (size_t i = 0; i < in->ndevices; i++)
 		if (in->devices[i].ebs)
 			ids[nebs++] = in->devices[i].volume_id;
-	/* Ours to snapshot directly, or served by a daemon: then it takes
-	 * the snapshots, with one barrier across all the volumes. */
-	for (size_t i = 0; i < nebs && r == 0; i++) {
-		r = kiln_volume_open(rg, ids[i], KILN_OPEN_WRITE, &vols[i]);
-		if (r == -EBUSY) {
-			busy = true;
-			r = 0;
-		} else if (r == 0) {
-			nopen++;
-		}
-	}
 	snprintf(desc, sizeof desc, "Created by CreateImage(%s) for %s", instance_id, name ? name : "");
-	if (r == 0 && busy) {
+	/* Ours to snapshot directly, or served by a daemon: then it takes
+	 * the snapshots, with one barrier across all the volumes. An export
+	 * that is closing (its client just left) answers nobody or refuses,
+	 * and a moment later the volume is free: try both again for a while,
+	 * as kiln_snapshot_create() does. */
+	for (int tries = 0;; tries++) {
+		busy = false;
+		nopen = 0;
+		for (size_t i = 0; i < nebs && r == 0; i++) {
+			r = kiln_volume_open(rg, ids[i], KILN_OPEN_WRITE, &vols[i]);
+			if (r == -EBUSY) {
+				busy = true;
+				r = 0;
+			} else if (r == 0) {
+				nopen++;
+			}
+		}
+		if (r < 0 || !busy) {
+			if (r == 0)
+				r = kiln_volumes_snapshot(vols, nebs, caller, desc, snaps);
+			break;
+		}
 		for (size_t i = 0; i < nebs; i++) {
 			kiln_volume_close(vols[i]);
 			vols[i] = NULL;
 		}
 		r = control_snapshot_set(rg, ids, nebs, caller, desc, snaps);
-	} else if (r == 0) {
-		r = kiln_volumes_snapshot(vols, nebs, caller, desc, snaps);
+		if (r != -EAGAIN && r != -EBUSY)
+			break;
+		if (tries == 50) {
+			r = -EBUSY;
+			break;
+		}
+		r = 0;
+		usleep(20000);
 	}
 	for (size_t i = 0; i < nebs; i++)
 		kiln_volume_close(vols[i]);

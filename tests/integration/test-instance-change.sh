@@ -109,6 +109,17 @@ mount -o ro,loop,offset=$part,sizelimit=$partsize "$TMPDIR/orig.raw" "$ro"
 [ ! -e "$ro/kiln-marker" ] || fail "/kiln-marker leaked into the source image's snapshot $IMG_SNAP"
 umount "$ro"
 
+# ---- image create the moment a client leaves -----------------------------------
+# The export closes behind the client: image create must not find the
+# volume busy and nobody answering (it did so in 2 of 3 tries before it
+# tried again for a while, as snapshot create does).
+for n in 1 2 3 4 5 6; do
+	nbdsh -u "$(dev_uri "$inst")" -c "h.pwrite(b'$n' * 4096, $n * 458752)" ||
+		fail "write $n through $(dev_uri "$inst")"
+	kiln image create --instance-id "$inst" --name "leaving-$n" >/dev/null 2>"$TMPDIR/leaving.err" ||
+		fail "image create right after client $n left: $(cat "$TMPDIR/leaving.err")"
+done
+
 kiln instance terminate "$inst" "$inst2" >/dev/null
 verify_clean
 stop_region_nbd us-east-1
