@@ -140,6 +140,11 @@ cmp -s "$TMPDIR/before" "$TMPDIR/after" || fail "the shared caller changed somet
 assert_eq "$(perms "$P")" "[{'UserId': '$OTHER'}]" "launch permissions of P after $OTHER tried to change them"
 assert_eq "$(kiln image describe-attribute "$P" --attribute description --account $OTHER --output json |
 	json /dev/stdin "j['Description']")" "{'Value': 'web server'}" "the description of P, as $OTHER reads it"
+# Q has no description: {} as in EC2, and "-" in text
+assert_eq "$(kiln image describe-attribute "$Q" --attribute description --output json |
+	json /dev/stdin "j['Description']")" "{}" "the description of Q, which has none"
+assert_eq "$(kiln image describe-attribute "$Q" --attribute description | tail -n 1)" "-" \
+	"the description of Q in text"
 assert_eq "$(kiln image describe-attribute "$P" --attribute bootMode --account $OTHER --output json |
 	json /dev/stdin "j['BootMode']")" "{'Value': 'legacy-bios'}" "the boot mode of P, as $OTHER reads it"
 # the image types, as OTHER sees them

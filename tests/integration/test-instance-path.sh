@@ -55,7 +55,8 @@ pid=$(region_nbd_pid eu-west-1)
 [ -z "$(region_nbd_pid us-east-1)" ] || fail "a launch in eu-west-1 started a kiln-nbd for us-east-1"
 instance_json "$inst" eu-west-1
 assert_eq "$(json "$TMPDIR/.inst.json" "j['Reservations'][0]['Instances'][0]['ImageId']")" "$copy" "ImageId of $inst"
-assert_eq "$(json "$TMPDIR/.inst.json" "j['Reservations'][0]['Instances'][0]['State']['Name']")" running "State of $inst"
+assert_eq "$(json "$TMPDIR/.inst.json" "j['Reservations'][0]['Instances'][0]['State']")" "{'Code': 16, 'Name': 'running'}" \
+	"State of $inst"
 assert_eq "$(json "$TMPDIR/.inst.json" "j['Reservations'][0]['Instances'][0]['NbdSocket']")" \
 	"$(region_sock eu-west-1)" "NbdSocket of $inst"
 root=$(instance_volume "$inst" /dev/xvda eu-west-1)

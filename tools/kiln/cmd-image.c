@@ -1481,15 +1481,14 @@ int cmd_image_describe_attribute(struct cli_ctx *ctx, const struct cli_args *arg
 		const char *value = desc ? im->info.description : im->info.boot_mode;
 
 		if (ctx->output == OUTPUT_JSON) {
-			/* an unset boot mode is {}, as in EC2 */
+			/* an unset description or boot mode is {}, as in EC2 */
 			json_key(&j, desc ? "Description" : "BootMode");
 			json_object_begin(&j);
-			if (desc || *value)
+			if (*value)
 				json_kv_string(&j, "Value", value);
 			json_object_end(&j);
 		} else {
-			print_value_text(desc ? "DESCRIPTION" : "BOOT MODE",
-					 desc || *value ? value : "-");
+			print_value_text(desc ? "DESCRIPTION" : "BOOT MODE", *value ? value : "-");
 		}
 	} else {
 		if (ctx->output == OUTPUT_JSON)

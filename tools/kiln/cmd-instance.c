@@ -84,6 +84,8 @@ int cmd_instance_launch(struct cli_ctx *ctx, const struct cli_args *args)
 	return rc;
 }
 
+static void json_state(struct json *j, const char *key, const char *name);
+
 static void json_instance(struct json *j, const struct kiln_instance_info *in)
 {
 	char t[ISO_TIME_MAX];
@@ -92,10 +94,7 @@ static void json_instance(struct json *j, const struct kiln_instance_info *in)
 	json_kv_string(j, "InstanceId", in->id);
 	json_kv_string(j, "ImageId", in->image_id);
 	json_kv_string(j, "OwnerId", in->owner);
-	json_key(j, "State");
-	json_object_begin(j);
-	json_kv_string(j, "Name", in->state);
-	json_object_end(j);
+	json_state(j, "State", in->state);
 	json_kv_string(j, "LaunchTime", iso_time(in->launch_time, true, t));
 	json_kv_string(j, "Architecture", in->architecture);
 	if (in->boot_mode[0])
@@ -287,7 +286,7 @@ static void report_volume(void *opaque, const char *volume_id, bool deleted)
 	}
 }
 
-/* EC2's state codes, as TerminateInstances reports them. */
+/* EC2's state codes, as DescribeInstances and TerminateInstances have them. */
 static void json_state(struct json *j, const char *key, const char *name)
 {
 	static const struct { const char *name; unsigned code; } codes[] = {
