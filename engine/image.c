@@ -27,6 +27,26 @@ bool image_name_valid(const char *name)
 	return true;
 }
 
+static int name_taken(struct kiln_region *rg, const char *account, const char *name, char *wbuf,
+		      size_t wlen)
+{
+	return set_why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
+		       name, rg->name);
+}
+
+/* A name an image of the account's may take here: -EINVAL (with why) if
+ * it is malformed, -EEXIST if the account has an image of that name. */
+int image_name_check(struct kiln_region *rg, const char *account, const char *name, char *wbuf,
+		     size_t wlen)
+{
+	if (!name || !image_name_valid(name))
+		return set_why(wbuf, wlen, -EINVAL, "an image name is 3 to 128 letters, digits and ( ) [ ] "
+			       "space . / - ' @ _");
+	if (catalog_image_name_taken(rg->cat, account, name, NULL) == 1)
+		return name_taken(rg, account, name, wbuf, wlen);
+	return 0;
+}
+
 static bool one_of(const char *s, const char *const *set)
 {
 	for (; *set; set++)
@@ -96,12 +116,14 @@ static int check_mapping(struct kiln_region *rg, const char *account, struct kil
 	}
 	if (r < 0)
 		return r;
+	if (catalog_snapshot_usable(rg->cat, m->snapshot_id, account) != 1)
+		/* as in EC2: another account's snapshot not shared with this
+		 * one does not exist for it */
+		return set_why(wbuf, wlen, -ENOENT, "%s: snapshot %s does not exist",
+			   m->device_name, m->snapshot_id);
 	if (snap.state != KILN_SNAPSHOT_COMPLETED)
 		return set_why(wbuf, wlen, -EINVAL, "%s: snapshot %s is %s, not completed", m->device_name,
 			   m->snapshot_id, kiln_snapshot_state_name(snap.state));
-	if (catalog_snapshot_usable(rg->cat, m->snapshot_id, account) != 1)
-		return set_why(wbuf, wlen, -EACCES, "%s: snapshot %s is not shared with account %s",
-			   m->device_name, m->snapshot_id, account);
 	if (m->volume_size == 0)
 		m->volume_size = DIV_ROUND_UP(snap.size, GIB);
 	else if (m->volume_size * GIB < snap.size)
@@ -177,8 +199,7 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 	if (!kiln_account_valid(account))
 		return set_why(wbuf, wlen, -EINVAL, "account '%s' is not 12 digits", account);
 	if (!spec->name || !image_name_valid(spec->name))
-		return set_why(wbuf, wlen, -EINVAL, "an image name is 3 to 128 letters, digits and ( ) [ ] space "
-			   ". / - ' @ _");
+		return image_name_check(rg, account, spec->name, wbuf, wlen);
 	if (!spec->root_device_name || strncmp(spec->root_device_name, "/dev/", 5) != 0)
 		return set_why(wbuf, wlen, -EINVAL, "the root device name must look like /dev/xvda");
 	if (spec->architecture && !one_of(spec->architecture, architectures))
@@ -235,11 +256,9 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 			spec->root_device_name);
 		goto out;
 	}
-	if (catalog_image_name_taken(rg->cat, account, spec->name, NULL) == 1) {
-		r = set_why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
-			spec->name, rg->name);
+	r = image_name_check(rg, account, spec->name, wbuf, wlen);
+	if (r < 0)
 		goto out;
-	}
 	r = kiln_snapshot_probe(rg, root_snap, &probe);
 	if (r < 0) {
 		set_why(wbuf, wlen, r, "cannot probe root snapshot %s: %s", root_snap, strerror(-r));
@@ -262,8 +281,7 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 	im->creation_time = now_seconds();
 	r = catalog_image_insert(rg->cat, im);
 	if (r == -EEXIST)
-		r = set_why(wbuf, wlen, -EEXIST, "account %s already has an image named '%s' in %s", account,
-			spec->name, rg->name);
+		r = name_taken(rg, account, spec->name, wbuf, wlen);
 	if (r == 0)
 		memcpy(ret_id, im->id, KILN_ID_MAX);
 out:

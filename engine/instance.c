@@ -269,6 +269,10 @@ int kiln_image_create(struct kiln_region *rg, const char *caller, const char *in
 			    "detached", instance_id);
 		goto out;
 	}
+	/* A name register would refuse takes no snapshots first. */
+	r = image_name_check(rg, caller, name, wbuf, wlen);
+	if (r < 0)
+		goto out;
 	for (size_t i = 0; i < in->ndevices; i++)
 		if (in->devices[i].ebs)
 			ids[nebs++] = in->devices[i].volume_id;

@@ -374,6 +374,8 @@ int catalog_instance_device_volume(struct catalog *cat, const char *instance_id,
 /* ---- image.c ------------------------------------------------------- */
 
 bool image_name_valid(const char *name);
+int image_name_check(struct kiln_region *rg, const char *account, const char *name, char *wbuf,
+		     size_t wlen);
 
 /* ---- volume.c ------------------------------------------------------ */
 

@@ -7,7 +7,8 @@
 # or register fails naming --architecture. Bad input each gets one clear
 # line, exit != 0, nothing on stdout and nothing registered: malformed
 # mapping JSON of many kinds, a missing root mapping, snapshots of the other
-# region, of another account (not shared), missing or not completed, a
+# region, of another account (not shared: it does not exist for the
+# caller, as in EC2), missing or not completed, a
 # VolumeSize below the snapshot's, a duplicate name, invalid names, bad
 # architecture / boot mode / virtualization type, an unbootable root.
 # VolumeSize defaults to the snapshot's size in GiB rounded up; names are
@@ -260,10 +261,10 @@ map "/dev/xvda: snapshot $eu is in another region" "[$(ebs /dev/xvda "$eu")]"
 bad "/dev/xvda: snapshot $B is in another region" "${ok[@]}" --region eu-west-1 \
 	--block-device-mappings "[$(ebs /dev/xvda "$B")]"
 theirs=$(snap_of "$FIX/boot-bios.raw" --account $OTHER)
-map "/dev/xvda: snapshot $theirs is not shared with account $OWNER" "[$(ebs /dev/xvda "$theirs")]"
-map "/dev/xvdb: snapshot $theirs is not shared with account $OWNER" \
+map "/dev/xvda: snapshot $theirs does not exist" "[$(ebs /dev/xvda "$theirs")]"
+map "/dev/xvdb: snapshot $theirs does not exist" \
 	"[$(ebs /dev/xvda "$B"),$(ebs /dev/xvdb "$theirs")]"
-bad "/dev/xvda: snapshot $B is not shared with account $THIRD" "${ok[@]}" --account $THIRD \
+bad "/dev/xvda: snapshot $B does not exist" "${ok[@]}" --account $THIRD \
 	--block-device-mappings "[$(ebs /dev/xvda "$B")]"
 # A snapshot whose writer has not finished: another writer holds the
 # region's lock (flock, as a running kiln does) while we learn its id.
@@ -359,8 +360,10 @@ kiln --account $OTHER volume delete "$ov" || fail "$OTHER cannot delete its own 
 # sharing taken back: no more registers or volumes with it
 kiln snapshot modify-attribute "$B" --create-volume-permission "{\"Remove\":[{\"UserId\":\"$OTHER\"}]}"
 expect_fail kiln --account $OTHER volume create --snapshot-id "$B"
-[[ $ERR == *"snapshot $B is not shared with account $OTHER"* ]] || fail "a volume of $B for $OTHER: $ERR"
-bad "/dev/xvda: snapshot $B is not shared with account $OTHER" --account $OTHER --name other-name \
+[[ $ERR == *"snapshot $B does not exist"* ]] || fail "a volume of $B for $OTHER: $ERR"
+expect_fail kiln --account $OTHER volume create --snapshot-id "$B" --size 1M
+[[ $ERR == *"snapshot $B does not exist"* ]] || fail "a small volume of $B for $OTHER told it more: $ERR"
+bad "/dev/xvda: snapshot $B does not exist" --account $OTHER --name other-name \
 	--root-device-name /dev/xvda --architecture x86_64 --block-device-mappings "[$(ebs /dev/xvda "$B")]"
 echo "ok: unique names"
 

@@ -109,6 +109,14 @@ mount -o ro,loop,offset=$part,sizelimit=$partsize "$TMPDIR/orig.raw" "$ro"
 [ ! -e "$ro/kiln-marker" ] || fail "/kiln-marker leaked into the source image's snapshot $IMG_SNAP"
 umount "$ro"
 
+# ---- image create refuses a bad or taken name, and changes nothing ----------------
+before=$(snapshot_ids | sort)
+expect_fail kiln image create --instance-id "$inst" --name x
+[[ $ERR == *"image name is 3 to 128"* ]] || fail "image create --name x: $ERR"
+expect_fail kiln image create --instance-id "$inst" --name kiln-changed
+[[ $ERR == *"already has an image named 'kiln-changed'"* ]] || fail "image create of a taken name: $ERR"
+assert_eq "$(snapshot_ids | sort)" "$before" "snapshots after image creates that were refused"
+
 # ---- image create the moment a client leaves -----------------------------------
 # The export closes behind the client: image create must not find the
 # volume busy and nobody answering (it did so in 2 of 3 tries before it

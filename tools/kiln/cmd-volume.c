@@ -52,6 +52,10 @@ int cmd_volume_create(struct cli_ctx *ctx, const struct cli_args *args)
 		if (!check_id("snapshot", snap))
 			return EXIT_FAILURE;
 		r = kiln_snapshot_describe(ctx->region, snap, &si);
+		/* as in EC2: another account's snapshot not shared with this
+		 * one does not exist for it, not even its state or size */
+		if (r == 0 && !kiln_snapshot_usable(ctx->region, ctx->account, snap))
+			r = -ENOENT;
 		if (r < 0) {
 			err_id(ctx, "snapshot", snap, r);
 			return EXIT_FAILURE;
@@ -72,11 +76,10 @@ int cmd_volume_create(struct cli_ctx *ctx, const struct cli_args *args)
 
 	r = kiln_volume_create(ctx->region, ctx->account, size, snap, id);
 	if (r < 0) {
-		if (snap && (r == -ENOENT || r == -EXDEV || r == -EBADMSG))
-			err_id(ctx, "snapshot", snap, r);
-		else if (snap && r == -EACCES)
-			errmsg("snapshot %s is not shared with account %s (its owner can share it: "
-			       "kiln snapshot modify-attribute --create-volume-permission)", snap, ctx->account);
+		/* as in EC2: another account's snapshot not shared with this
+		 * one (EACCES) does not exist for it */
+		if (snap && (r == -ENOENT || r == -EXDEV || r == -EBADMSG || r == -EACCES))
+			err_id(ctx, "snapshot", snap, r == -EACCES ? -ENOENT : r);
 		else if (size)
 			errmsg_errno(r, "cannot create a volume of %s", human_size(size, h1));
 		else
