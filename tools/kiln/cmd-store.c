@@ -274,11 +274,22 @@ static void print_verify_json(const struct verify_state *vs)
 		json_kv_string(&j, "Region", p->region);
 		json_kv_string(&j, "ChunkId", p->chunk_id);
 		json_kv_string(&j, "Problem", p->what);
-		json_key(&j, "Snapshots");
-		json_array_begin(&j);
-		for (k = 0; k < p->nsnapshots; k++)
-			json_string(&j, p->snapshots[k]);
-		json_array_end(&j);
+		/* The engine names a volume whose parent manifest holds the
+		 * chunk "vol-… (parent)": in JSON, such ids are listed apart. */
+		for (int vols = 0; vols < 2; vols++) {
+			json_key(&j, vols ? "Volumes" : "Snapshots");
+			json_array_begin(&j);
+			for (k = 0; k < p->nsnapshots; k++) {
+				const char *u = p->snapshots[k];
+				char id[64];
+
+				if ((strncmp(u, "vol-", 4) == 0) != vols)
+					continue;
+				snprintf(id, sizeof id, "%.*s", (int)strcspn(u, " "), u);
+				json_string(&j, id);
+			}
+			json_array_end(&j);
+		}
 		json_object_end(&j);
 	}
 	json_array_end(&j);
