@@ -85,4 +85,15 @@ kiln instance terminate "$inst" --region eu-west-1 >"$TMPDIR/term.out"
 assert_eq "$(cat "$TMPDIR/term.out")" "$root: deleted" "what terminate says"
 volume_exists "$root" eu-west-1 && fail "the root volume $root outlived terminate"
 stop_region_nbd eu-west-1
+
+# An arm64 image launches, but qemu-system-x86_64 cannot run it: boot says
+# so at once rather than sit in firmware until a timeout.
+make_image "$disk" kiln-arm --architecture arm64
+arm=$(kiln instance launch "$IMG_AMI")
+start=$(date +%s)
+expect_fail kiln instance boot "$arm" --timeout 60
+[[ $ERR == *"is arm64"* ]] || fail "boot of an arm64 instance: $ERR"
+(($(date +%s) - start < 10)) || fail "boot of an arm64 instance took $(($(date +%s) - start)) s to refuse"
+kiln instance terminate "$arm" >/dev/null
+stop_region_nbd us-east-1
 echo PASS

@@ -259,6 +259,13 @@ int cmd_instance_boot(struct cli_ctx *ctx, const struct cli_args *args)
 		errmsg("instance %s is already booted (qemu pid %d)", id, in.qemu_pid);
 		return 1;
 	}
+	/* qemu-system-x86_64 runs x86_64 and i386 guests; an arm64 one would
+	 * sit in firmware until the timeout */
+	if (strcmp(in.architecture, "x86_64") != 0 && strcmp(in.architecture, "i386") != 0) {
+		errmsg("instance %s is %s: instance boot runs x86_64 and i386 guests only", id,
+		       in.architecture);
+		return 1;
+	}
 	if (serve_instance(ctx, &in) < 0)
 		return 1;
 	console_log(ctx, id, log, sizeof log);
