@@ -261,7 +261,21 @@ static int shm_allocate(int dirfd)
 	return r;
 }
 
-int catalog_open(int dirfd, const char *region, struct catalog **ret_cat)
+static int user_version(struct catalog *cat, int *ret_version)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	rc = sqlite3_prepare_v2(cat->db, "PRAGMA user_version", -1, &st, NULL);
+	if (rc != SQLITE_OK)
+		return sql_errno(cat->db, rc, "user_version");
+	rc = sqlite3_step(st);
+	*ret_version = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW ? 0 : sql_errno(cat->db, rc, "user_version");
+}
+
+int catalog_open(int dirfd, const char *region, bool create, struct catalog **ret_cat)
 {
 	struct catalog *cat = calloc(1, sizeof *cat);
 	char path[64];
@@ -279,13 +293,32 @@ int catalog_open(int dirfd, const char *region, struct catalog **ret_cat)
 	snprintf(path, sizeof path, "/proc/self/fd/%d/" CATALOG_NAME, dirfd);
 	/* Serialized: kiln-nbd's connection threads look exports up while
 	 * its control thread snapshots, all on this one connection. */
-	rc = sqlite3_open_v2(path, &cat->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+	rc = sqlite3_open_v2(path, &cat->db, SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) |
 			     SQLITE_OPEN_FULLMUTEX, NULL);
+	if (rc == SQLITE_CANTOPEN && !create && faccessat(dirfd, CATALOG_NAME, F_OK, 0) < 0 &&
+	    errno == ENOENT) {
+		/* Only a new region gets a new catalog: a region without
+		 * one has lost it, and an empty one would make gc take every
+		 * manifest, volume and chunk for garbage. */
+		r = -EBADMSG;
+		goto out_close;
+	}
 	if (rc != SQLITE_OK) {
 		r = sql_errno(cat->db, rc, "open");
 		goto out_close;
 	}
 	sqlite3_busy_timeout(cat->db, 30000);
+	if (!create) {
+		int version;
+
+		/* An empty file (a catalog truncated or replaced) has no
+		 * schema: the same loss, found before anything is written. */
+		r = user_version(cat, &version);
+		if (r == 0 && version == 0)
+			r = -EBADMSG;
+		if (r < 0)
+			goto out_close;
+	}
 	r = exec(cat, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; "
 		      "PRAGMA foreign_keys = ON");
 	if (r == 0)
@@ -539,6 +572,24 @@ int catalog_drop_pending(struct catalog *cat)
 	int r = run(cat, NULL, "DELETE FROM snapshots WHERE state = 'pending'", "");
 
 	return r < 0 ? r : sqlite3_changes(cat->db);
+}
+
+int catalog_check(struct catalog *cat)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = sqlite3_prepare_v2(cat->db, "PRAGMA integrity_check", -1, &st, NULL);
+	bool ok;
+
+	if (rc != SQLITE_OK)
+		return sql_errno(cat->db, rc, "integrity_check");
+	rc = sqlite3_step(st);
+	ok = rc == SQLITE_ROW && strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
+	if (!ok && rc == SQLITE_ROW)
+		debug("catalog %s: integrity_check: %s", cat->region, sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return sql_errno(cat->db, rc, "integrity_check");
+	return ok ? 0 : -EBADMSG;
 }
 
 int catalog_exists(struct catalog *cat, const char *id)

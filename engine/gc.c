@@ -5,7 +5,9 @@
  * completed snapshot, and every volume's parent manifest. gc holds the
  * region lock, so no snapshot, import or copy runs beside it (DESIGN
  * rule 6), and it first removes what crashed writers left: manifests and
- * volume files that no catalog row names. The chunk store then rewrites
+ * volume files that no catalog row names. A catalog that cannot answer,
+ * or a live chunk the index lacks, stops it before anything else is
+ * removed: damage is not garbage. The chunk store then rewrites
  * the packs that hold dead chunks (see cs_compact()), and for recompress
  * those that hold chunks compressed at a weaker level. */
 #include <dirent.h>
@@ -127,17 +129,21 @@ static int manifest_root(void *opaque, const char *name)
 	struct gc_ctx *g = opaque;
 	char id[KILN_ID_MAX];
 	struct kiln_snapshot_info info;
+	int r;
 
 	if (!ends_with(name, ".manifest"))
 		return 0;
 	snprintf(id, sizeof id, "%.*s", (int)(strlen(name) - strlen(".manifest")), name);
-	if (catalog_snapshot_get(g->rg->cat, id, &info) < 0) {
+	r = catalog_snapshot_get(g->rg->cat, id, &info);
+	if (r == -ENOENT) {
 		/* A crash between manifest and catalog row, or between row
 		 * deletion and unlink: nothing names it. */
 		debug("gc: removing orphan manifest %s", name);
 		unlinkat(g->rg->manifests_dirfd, name, 0);
 		return 0;
 	}
+	if (r < 0)
+		return r;       /* a catalog that cannot answer says nothing is garbage */
 	return add_manifest(&g->live, g->rg->manifests_dirfd, name);
 }
 
@@ -147,17 +153,37 @@ static int volume_root(void *opaque, const char *name)
 	char id[KILN_ID_MAX];
 	struct kiln_volume_info info;
 	const char *dot = strchr(name, '.');
+	int r;
 
 	if (!dot || (size_t)(dot - name) >= sizeof id)
 		return 0;
 	snprintf(id, sizeof id, "%.*s", (int)(dot - name), name);
-	if (catalog_volume_get(g->rg->cat, id, &info) < 0) {
+	r = catalog_volume_get(g->rg->cat, id, &info);
+	if (r == -ENOENT) {
 		debug("gc: removing orphan volume file %s", name);
 		unlinkat(g->rg->volumes_dirfd, name, 0);
 		return 0;
 	}
+	if (r < 0)
+		return r;
 	if (ends_with(name, ".parent"))
 		return add_manifest(&g->live, g->rg->volumes_dirfd, name);
+	return 0;
+}
+
+/* Every chunk a root names must be in the chunk store before anything is
+ * compacted: an index that lost records (truncated, removed, a record
+ * that fails its check) would otherwise make their packs look dead. */
+static int check_live(struct kiln_region *rg, const struct idset *live)
+{
+	for (size_t i = 0; i < live->cap; i++)
+		if (live->used[i] && !cs_contains(rg->cs, live->ids[i])) {
+			char hex[CHUNK_ID_SIZE * 2 + 1];
+
+			hex_encode(live->ids[i], CHUNK_ID_SIZE, hex);
+			debug("gc: live chunk %s is not in the index", hex);
+			return -EBADMSG;
+		}
 	return 0;
 }
 
@@ -174,14 +200,20 @@ static int region_gc(struct kiln_region *rg, int level, struct kiln_gc_result *r
 
 	if (r < 0)
 		return r;
-	r = walk(rg->manifests_dirfd, manifest_root, &g);
+	/* The catalog decides what is garbage: a damaged one, whose lookups
+	 * may miss rows that are there, decides nothing. */
+	r = catalog_check(rg->cat);
+	if (r == 0)
+		r = walk(rg->manifests_dirfd, manifest_root, &g);
 	if (r == 0)
 		r = walk(rg->volumes_dirfd, volume_root, &g);
 	if (r == 0) {
 		fsync_dir(rg->manifests_dirfd);
 		fsync_dir(rg->volumes_dirfd);
-		r = cs_compact(rg->cs, level, keep_live, &g.live, &res);
+		r = check_live(rg, &g.live);
 	}
+	if (r == 0)
+		r = cs_compact(rg->cs, level, keep_live, &g.live, &res);
 	region_unlock(rg);
 	free(g.live.ids);
 	free(g.live.used);

@@ -97,7 +97,8 @@ static int check_mapping(struct kiln_region *rg, const char *account, struct kil
 		snprintf(m->volume_type, sizeof m->volume_type, "gp3");
 	if (!one_of(m->volume_type, (const char *const[]){ "gp2", "gp3", "io1", "io2", "st1", "sc1",
 							   "standard", NULL }))
-		return set_why(wbuf, wlen, -EINVAL, "%s: unknown VolumeType '%s'", m->device_name, m->volume_type);
+		return set_why(wbuf, wlen, -EINVAL, "%s: unknown VolumeType '%s' (gp2, gp3, io1, io2, st1, sc1 "
+			       "or standard)", m->device_name, m->volume_type);
 	if (!m->snapshot_id[0]) {
 		if (m->volume_size == 0)
 			return set_why(wbuf, wlen, -EINVAL, "%s: an Ebs mapping without SnapshotId needs VolumeSize",

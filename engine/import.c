@@ -136,7 +136,7 @@ static int scan_image(int fd, uint64_t size, struct capture *c,
 	size_t nreqs[CAPTURE_SETS] = { 0 };
 	struct holes h = { .fd = fd, .size = size };
 	bool reading = false, on_pool = false;
-	struct stat st;
+	struct stat st = { 0 };
 	int r = 0;
 
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
@@ -190,6 +190,10 @@ static int scan_image(int fd, uint64_t size, struct capture *c,
 		capture_join(c);
 	if (reading)
 		io_finish();
+	/* A file cut short while it was read: where it was sparse, the
+	 * chunks past its new end read as holes, not as short reads. */
+	if (r == 0 && S_ISREG(st.st_mode) && (fstat(fd, &st) < 0 || (uint64_t)st.st_size < size))
+		r = -ESTALE;
 	return r;
 }
 

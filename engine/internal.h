@@ -314,7 +314,9 @@ int cs_compact(struct chunkstore *cs, int level,
 
 /* ---- catalog.c: the region's SQLite catalog ------------------------- */
 
-int catalog_open(int dirfd, const char *region, struct catalog **ret_cat);
+/* create: a new region's catalog. Otherwise a missing or empty catalog
+ * is -EBADMSG: never made again over a region's data. */
+int catalog_open(int dirfd, const char *region, bool create, struct catalog **ret_cat);
 void catalog_close(struct catalog *cat);
 int catalog_begin(struct catalog *cat);
 int catalog_commit(struct catalog *cat);
@@ -338,6 +340,8 @@ int catalog_snapshot_list(struct catalog *cat,
 /* Remove rows a crashed writer left pending; returns how many. */
 int catalog_drop_pending(struct catalog *cat);
 int catalog_exists(struct catalog *cat, const char *id);
+/* SQLite's integrity check: 0, or -EBADMSG for a damaged catalog. */
+int catalog_check(struct catalog *cat);
 
 int catalog_image_insert(struct catalog *cat, const struct kiln_image_info *im);
 int catalog_image_get(struct catalog *cat, const char *id, struct kiln_image_info *ret_info);

@@ -75,7 +75,7 @@ static int make_region(int regions_dirfd, const char *name)
 	for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++)
 		if (mkdirat(fd, subdirs[i], 0755) < 0)
 			return -errno;
-	r = catalog_open(fd, name, &cat);
+	r = catalog_open(fd, name, true, &cat);
 	if (r < 0)
 		return r;
 	catalog_close(cat);
@@ -346,9 +346,9 @@ int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region 
 	/* Opening the catalog needs a little room (SQLite's WAL and its
 	 * index): on a full disk, the reserve makes it, so that deletes and
 	 * gc (and reading) still work. */
-	r = catalog_open(rg->dirfd, name, &rg->cat);
+	r = catalog_open(rg->dirfd, name, false, &rg->cat);
 	if (r < 0 && (r == -ENOSPC || r == -EIO || disk_full(rg)) && region_release_reserve(rg))
-		r = catalog_open(rg->dirfd, name, &rg->cat);
+		r = catalog_open(rg->dirfd, name, false, &rg->cat);
 	if (r < 0 && disk_full(rg))
 		r = -ENOSPC;
 	if (r < 0)

@@ -223,6 +223,29 @@ static int walk_manifests(struct verify_ctx *c, int dirfd, const char *suffix, b
 	return 0;
 }
 
+/* Every completed snapshot the catalog knows needs its manifest: the walk
+ * above sees only the manifests that are there. */
+static int missing_manifest(void *opaque, const struct kiln_snapshot_info *info)
+{
+	static const uint8_t none[CHUNK_ID_SIZE];
+	struct verify_ctx *c = opaque;
+	char name[KILN_ID_MAX + 16];
+	struct problem *p;
+
+	if (info->state != KILN_SNAPSHOT_COMPLETED)
+		return 0;
+	snprintf(name, sizeof name, "%s.manifest", info->id);
+	if (faccessat(c->rg->manifests_dirfd, name, F_OK, 0) == 0 || errno != ENOENT)
+		return 0;
+	c->res->manifests_checked++;
+	c->res->bad_manifests++;
+	p = add_problem(c, none, "manifest is missing");
+	if (!p)
+		return -ENOMEM;
+	add_user(p, info->id);
+	return 0;
+}
+
 int kiln_region_verify(struct kiln_region *rg,
 		       void (*report)(void *opaque, const struct kiln_verify_problem *p),
 		       void *opaque, kiln_progress_fn progress, struct kiln_verify_result *ret_result)
@@ -267,6 +290,15 @@ int kiln_region_verify(struct kiln_region *rg,
 	r = walk_manifests(&c, rg->manifests_dirfd, ".manifest", false);
 	if (r == 0)
 		r = walk_manifests(&c, rg->volumes_dirfd, ".parent", true);
+	if (r == 0 && catalog_check(rg->cat) < 0) {
+		static const uint8_t none[CHUNK_ID_SIZE];
+
+		res.bad_catalog = true;
+		if (!add_problem(&c, none, "the catalog (catalog.db) is damaged"))
+			r = -ENOMEM;
+	}
+	if (r == 0 && !res.bad_catalog)
+		r = catalog_snapshot_list(rg->cat, missing_manifest, &c);
 	if (r < 0)
 		goto out;
 	for (size_t i = 0; i < c.nproblems; i++) {

@@ -572,7 +572,8 @@ struct kiln_verify_result {
 	uint64_t bytes_checked;
 	uint64_t corrupt_chunks;
 	uint64_t manifests_checked;     /* snapshots' and volumes' parent manifests */
-	uint64_t bad_manifests;         /* unreadable, or naming a bad chunk */
+	uint64_t bad_manifests;         /* unreadable, missing, or naming a bad chunk */
+	bool bad_catalog;               /* SQLite's integrity check failed */
 };
 
 int kiln_region_verify(struct kiln_region *region,

@@ -36,7 +36,7 @@ static int setup(void **state)
 	snprintf(f->db, sizeof f->db, "%s/catalog.db", f->dir);
 	f->dirfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	assert_true(f->dirfd >= 0);
-	assert_rc(catalog_open(f->dirfd, REGION, &f->cat), 0);
+	assert_rc(catalog_open(f->dirfd, REGION, true, &f->cat), 0);
 	*state = f;
 	return 0;
 }
@@ -214,7 +214,7 @@ static void test_open_creates_schema(void **state)
 	assert_true(unit_file_size(f->db) > 0);
 	assert_catalog_db(f->db);
 	/* a second open (another process) finds the schema and keeps it */
-	assert_rc(catalog_open(f->dirfd, REGION, &again), 0);
+	assert_rc(catalog_open(f->dirfd, REGION, false, &again), 0);
 	{
 		struct kiln_volume_info v = volume(VOL_A, 1, KILN_VOLUME_AVAILABLE), got;
 
@@ -479,11 +479,42 @@ static void test_transactions(void **state)
 	/* durable and visible to another connection */
 	catalog_close(f->cat);
 	f->cat = NULL;
-	assert_rc(catalog_open(f->dirfd, REGION, &f->cat), 0);
+	assert_rc(catalog_open(f->dirfd, REGION, false, &f->cat), 0);
 	assert_rc(catalog_volume_get(f->cat, VOL_A, &got), 0);
 	assert_same_volume(&v, &got);
 	assert_rc(catalog_snapshot_get(f->cat, SNAP_1, &sgot), 0);
 	assert_same_snapshot(&s, &sgot);
+}
+
+/* Only a new region gets a new catalog: reopening a catalog that was
+ * removed or emptied is -EBADMSG, and leaves the file as it found it. */
+static void test_lost_catalog_not_made_again(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = NULL;
+	char path[PATH_MAX];
+	int fd;
+
+	catalog_close(f->cat);
+	f->cat = NULL;
+	for (const char *const *sfx = (const char *const[]){ "", "-wal", "-shm", NULL }; *sfx; sfx++) {
+		snprintf(path, sizeof path, "%s%s", f->db, *sfx);
+		unlink(path);
+	}
+	assert_rc(catalog_open(f->dirfd, REGION, false, &cat), -EBADMSG);
+	assert_null(cat);
+	assert_int_equal(access(f->db, F_OK), -1);
+
+	fd = open(f->db, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_rc(catalog_open(f->dirfd, REGION, false, &cat), -EBADMSG);
+	assert_null(cat);
+	assert_int_equal(unit_file_size(f->db), 0);
+
+	/* and a new region's catalog is made */
+	assert_rc(catalog_open(f->dirfd, REGION, true, &f->cat), 0);
+	assert_int_equal(db_int(f->db, "PRAGMA user_version"), SCHEMA_VERSION);
 }
 
 static void test_newer_schema_refused(void **state)
@@ -499,7 +530,7 @@ static void test_newer_schema_refused(void **state)
 	snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SCHEMA_VERSION + 1);
 	db_exec(f->db, sql);
 
-	assert_rc(catalog_open(f->dirfd, REGION, &cat), -EPROTONOSUPPORT);
+	assert_rc(catalog_open(f->dirfd, REGION, false, &cat), -EPROTONOSUPPORT);
 	assert_ptr_equal(cat, sentinel);
 	/* refused, not "migrated": the database is as the newer kiln left it */
 	assert_int_equal(db_int(f->db, "PRAGMA user_version"), SCHEMA_VERSION + 1);
@@ -508,7 +539,7 @@ static void test_newer_schema_refused(void **state)
 	/* the current version opens again */
 	snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SCHEMA_VERSION);
 	db_exec(f->db, sql);
-	assert_rc(catalog_open(f->dirfd, REGION, &f->cat), 0);
+	assert_rc(catalog_open(f->dirfd, REGION, false, &f->cat), 0);
 	assert_rc(catalog_volume_get(f->cat, VOL_A, &got), 0);
 	assert_same_volume(&v, &got);
 }
@@ -548,6 +579,7 @@ int main(void)
 		UNIT_TEST(test_duplicate_id),
 		UNIT_TEST(test_transactions),
 		UNIT_TEST(test_newer_schema_refused),
+		UNIT_TEST(test_lost_catalog_not_made_again),
 		UNIT_TEST(test_newer_schema_region),
 	};
 

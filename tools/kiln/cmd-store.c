@@ -195,6 +195,15 @@ static void report_problem(void *opaque, const struct kiln_verify_problem *kp)
 
 	if (vs->ctx->output == OUTPUT_TEXT) {
 		progress_clear(vs->prog);
+		if (!kp->chunk_id[0]) {
+			/* not a chunk's problem: a manifest's or the catalog's */
+			printf("region %s: %s", vs->region, kp->what);
+			for (s = kp->snapshots; s && *s; s += strlen(s) + 1)
+				printf("%s%s", s == kp->snapshots ? ": " : ", ", s);
+			putchar('\n');
+			fflush(stdout);
+			return;
+		}
 		printf("corrupt chunk %s: %s; used by ", kp->chunk_id,
 		       kp->what ? kp->what : "corrupt");
 		if (!kp->snapshots || !*kp->snapshots)
@@ -249,6 +258,7 @@ static int verify_region(struct cli_ctx *ctx, struct kiln_region *region,
 	vs->total.corrupt_chunks += res.corrupt_chunks;
 	vs->total.manifests_checked += res.manifests_checked;
 	vs->total.bad_manifests += res.bad_manifests;
+	vs->total.bad_catalog |= res.bad_catalog;
 	return 0;
 }
 
@@ -266,6 +276,7 @@ static void print_verify_json(const struct verify_state *vs)
 	json_kv_u64(&j, "CorruptChunks", t->corrupt_chunks);
 	json_kv_u64(&j, "ManifestsChecked", t->manifests_checked);
 	json_kv_u64(&j, "BadManifests", t->bad_manifests);
+	json_kv_bool(&j, "BadCatalog", t->bad_catalog);
 	json_key(&j, "Problems");
 	json_array_begin(&j);
 	for (i = 0; i < vs->nproblems; i++) {
@@ -328,9 +339,11 @@ int cmd_store_verify(struct cli_ctx *ctx, const struct cli_args *args)
 		       t->corrupt_chunks);
 		if (t->bad_manifests)
 			printf(", %" PRIu64 " bad manifests", t->bad_manifests);
+		if (t->bad_catalog)
+			printf(", a damaged catalog");
 		putchar('\n');
 	}
-	if (t->corrupt_chunks || t->bad_manifests) {
+	if (t->corrupt_chunks || t->bad_manifests || t->bad_catalog) {
 		fflush(stdout);
 		errmsg("store verify found problems");
 		status = EXIT_FAILURE;
@@ -363,8 +376,9 @@ static int gc_region(struct cli_ctx *ctx, struct kiln_region *region,
 			errmsg("region %s is busy (a snapshot or copy is running); "
 			       "try again when it is done", name);
 		else if (r == -EBADMSG)
-			errmsg("region %s holds a corrupt chunk; nothing was changed "
-			       "(kiln store verify names it and the snapshots that use it)", name);
+			errmsg("region %s is damaged (a corrupt chunk or manifest, a chunk the index "
+			       "lacks, or a catalog that cannot be read); nothing was changed "
+			       "(kiln store verify says what and where)", name);
 		else
 			errmsg_errno(r, "cannot %s region %s",
 				     run->level ? "recompress" : "collect garbage in", name);

@@ -98,6 +98,10 @@ void err_region_open(const char *store_dir, const char *region, int r)
 	if (r == -ENOENT || r == -EINVAL)
 		errmsg("region %s does not exist in store %s (see 'kiln region list')",
 		       region, store_dir);
+	else if (r == -EBADMSG)
+		errmsg("region %s of store %s is damaged: its catalog (catalog.db) is missing, empty "
+		       "or not a catalog, or a directory of it is missing; nothing was changed",
+		       region, store_dir);
 	else
 		errmsg_errno(r, "cannot open region %s", region);
 }
