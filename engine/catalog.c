@@ -541,9 +541,26 @@ int catalog_snapshot_get(struct catalog *cat, const char *id, struct kiln_snapsh
 	return r < 0 ? r : r == 1 ? 0 : -ENOENT;
 }
 
+/* -EBUSY while an image maps it: checked in the delete's transaction, so
+ * an image registered meanwhile cannot lose its snapshot. */
 int catalog_snapshot_delete(struct catalog *cat, const char *id)
 {
-	return changed_one(cat, run(cat, NULL, "DELETE FROM snapshots WHERE id = ?", "s", id));
+	sqlite3_stmt *st = NULL;
+	int r = catalog_begin(cat);
+
+	if (r < 0)
+		return r;
+	r = run(cat, &st, "SELECT 1 FROM image_mappings WHERE snapshot_id = ?", "s", id);
+	sqlite3_finalize(st);
+	if (r == 1)
+		r = -EBUSY;
+	if (r == 0)
+		r = changed_one(cat, run(cat, NULL, "DELETE FROM snapshots WHERE id = ?", "s", id));
+	if (r < 0) {
+		catalog_rollback(cat);
+		return r;
+	}
+	return catalog_commit(cat);
 }
 
 int catalog_snapshot_list(struct catalog *cat,
@@ -705,7 +722,21 @@ int catalog_image_insert(struct catalog *cat, const struct kiln_image_info *im)
 
 	if (r < 0)
 		return r;
-	r = run(cat, NULL, "INSERT INTO images (" IMAGE_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+	/* An available image's snapshots are there and completed, checked in
+	 * its transaction: a snapshot deleted meanwhile fails the register. */
+	for (size_t i = 0; r == 0 && strcmp(im->state, "available") == 0 && i < im->nmappings; i++) {
+		const struct kiln_bdm *m = &im->mappings[i];
+		sqlite3_stmt *st = NULL;
+
+		if (!m->ebs || !m->snapshot_id[0])
+			continue;
+		r = run(cat, &st, "SELECT 1 FROM snapshots WHERE id = ? AND state = 'completed'", "s",
+			m->snapshot_id);
+		sqlite3_finalize(st);
+		r = r == 1 ? 0 : r == 0 ? -ENOENT : r;
+	}
+	if (r == 0)
+		r = run(cat, NULL, "INSERT INTO images (" IMAGE_COLUMNS ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
 		"ssssssssssissis", im->id, im->name, im->owner, im->state, im->state_reason,
 		im->description, im->architecture, im->boot_mode, im->virtualization_type,
 		im->root_device_name, im->creation_time, im->source_image_id, im->source_image_region,

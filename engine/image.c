@@ -280,9 +280,13 @@ int kiln_image_register(struct kiln_region *rg, const char *account, const struc
 	snprintf(im->root_device_name, sizeof im->root_device_name, "%s", spec->root_device_name);
 	snprintf(im->probe, sizeof im->probe, "%s", probe.json);
 	im->creation_time = now_seconds();
+	crash_point("image:register-checked");
 	r = catalog_image_insert(rg->cat, im);
 	if (r == -EEXIST)
 		r = name_taken(rg, account, spec->name, wbuf, wlen);
+	else if (r == -ENOENT)
+		r = set_why(wbuf, wlen, r, "a snapshot of its block device mappings was deleted while it "
+			    "registered");
 	if (r == 0)
 		memcpy(ret_id, im->id, KILN_ID_MAX);
 out:

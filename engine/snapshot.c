@@ -432,9 +432,11 @@ static int snapshot_delete(struct kiln_region *rg, const char *id)
 	mname = manifest_name(id);
 	if (!mname)
 		return -ENOMEM;
-	/* A snapshot behind a registered image stays (EC2 does the same). */
+	/* A snapshot behind a registered image stays (EC2 does the same);
+	 * catalog_snapshot_delete() checks again, in its transaction. */
 	if (catalog_snapshot_images(rg->cat, id, first_image, NULL) > 0)
 		return -EBUSY;
+	crash_point("snapshot:delete-checked");
 	r = region_lock(rg);
 	if (r < 0)
 		return r;

@@ -392,5 +392,37 @@ assert_eq "$(image_field "$id" "i['BootMode'], [m['Ebs']['SnapshotId'] for m in 
 	"('legacy-bios', ['$B', '$zeros', '$ext4'])" "an image with unbootable data disks"
 echo "ok: bad input"
 
+# A snapshot deleted while a register of it is between its checks and its
+# catalog row (it waits there, KILN_STALL_POINT): the delete goes through
+# (no image maps it yet) and the register fails, so no image is left
+# whose root snapshot is gone.
+gone=$(snap_of "$FIX/boot-bios.raw")
+KILN_STALL_POINT=image:register-checked:2 kiln image register --name racing --root-device-name /dev/xvda \
+	--architecture x86_64 --block-device-mappings "[$(ebs /dev/xvda "$gone")]" \
+	>"$TMPDIR/race.out" 2>"$TMPDIR/race.err" &
+reg=$!
+sleep 1
+kiln snapshot delete "$gone" || fail "delete of $gone while a register of it waits"
+rc=0
+wait $reg || rc=$?
+[ $rc -ne 0 ] || fail "register of $gone, deleted meanwhile, succeeded: $(cat "$TMPDIR/race.out")"
+grep -q "was deleted while it registered" "$TMPDIR/race.err" || fail "register racing a delete: $(cat "$TMPDIR/race.err")"
+[ -z "$(kiln image describe --output json | json /dev/stdin "[i['ImageId'] for i in j['Images'] if i['Name'] == 'racing']" | tr -d '[]')" ] ||
+	fail "an image named racing was registered over a deleted snapshot"
+# and the other way round: a delete that has checked no image maps the
+# snapshot waits while an image of it is registered; it must then refuse
+kept=$(snap_of "$FIX/boot-bios.raw")
+KILN_STALL_POINT=snapshot:delete-checked:2 kiln snapshot delete "$kept" >/dev/null 2>"$TMPDIR/race.err" &
+del=$!
+sleep 1
+kami=$(kiln image register --name racing-2 --root-device-name /dev/xvda --architecture x86_64 \
+	--block-device-mappings "[$(ebs /dev/xvda "$kept")]") || fail "register of $kept while a delete of it waits"
+rc=0
+wait $del || rc=$?
+[ $rc -ne 0 ] || fail "delete of $kept succeeded although image $kami maps it"
+grep -q "in use by a registered image" "$TMPDIR/race.err" || fail "delete racing a register: $(cat "$TMPDIR/race.err")"
+cmp_snapshot "$kept" "$FIX/boot-bios.raw"
+echo "ok: a register racing a delete"
+
 verify_clean
 finish
