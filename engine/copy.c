@@ -5,8 +5,8 @@
  * its snapshots is there: for each snapshot only the chunks the
  * destination lacks move, read and verified by id in the source, written
  * as stored (no recompression). The chunk store commits every few
- * thousand chunks, then the manifest, then the snapshot row, then the
- * image's mapping names it; the image turns available last. A crash at any
+ * thousand chunks, then the manifest, then the snapshot row together with
+ * the image's mapping that names it; the image turns available last. A crash at any
  * point leaves a failed image that the same copy command takes up again:
  * committed chunks are not moved twice, finished snapshots are kept. */
 #include <errno.h>
@@ -84,9 +84,12 @@ out_abort:
 	return r;
 }
 
-/* Copy one snapshot: chunks, manifest, then its row. */
+/* Copy one snapshot: chunks, manifest, then its row and the image's
+ * mapping that names it, in one transaction: a crash between the two
+ * would leave a snapshot no mapping names, and the resumed copy would
+ * make another. */
 static int copy_snapshot(struct copy_ctx *c, const char *caller, const char *src_snap,
-			 const char *dst_image, const char *src_image, char ret_snap[KILN_ID_MAX])
+			 const char *dst_image, int position, const char *src_image)
 {
 	struct kiln_snapshot_info info = { 0 }, sinfo;
 	struct manifest *m;
@@ -126,12 +129,23 @@ static int copy_snapshot(struct copy_ctx *c, const char *caller, const char *src
 	info.chunks_total = m->nchunks;
 	for (uint64_t i = 0; i < m->nchunks; i++)
 		info.chunks_data += !chunk_id_is_zero(m->ids[i]);
-	r = catalog_snapshot_insert(c->dst->cat, &info);
+	r = catalog_begin(c->dst->cat);
 	if (r < 0) {
 		unlinkat(c->dst->manifests_dirfd, mname, 0);
 		goto out;
 	}
-	memcpy(ret_snap, info.id, KILN_ID_MAX);
+	r = catalog_snapshot_insert(c->dst->cat, &info);
+	if (r == 0)
+		crash_point("copy:snapshot-inserted");
+	if (r == 0)
+		r = catalog_image_set_mapping_snapshot(c->dst->cat, dst_image, position, info.id);
+	if (r == 0)
+		r = catalog_commit(c->dst->cat);
+	if (r < 0) {
+		catalog_rollback(c->dst->cat);
+		unlinkat(c->dst->manifests_dirfd, mname, 0);
+		goto out;
+	}
 	c->rep->snapshots++;
 out:
 	manifest_free(m);
@@ -239,13 +253,9 @@ int kiln_image_copy(struct kiln_region *src, struct kiln_region *dst, const char
 				c.total += s.chunks_total;
 		}
 	for (size_t i = 0; i < im->nmappings && i < cp->nmappings; i++) {
-		char snap[KILN_ID_MAX];
-
 		if (!im->mappings[i].ebs || !im->mappings[i].snapshot_id[0] || cp->mappings[i].snapshot_id[0])
 			continue;       /* nothing to copy, or copied before a crash */
-		r = copy_snapshot(&c, caller, im->mappings[i].snapshot_id, cp->id, source_image_id, snap);
-		if (r == 0)
-			r = catalog_image_set_mapping_snapshot(dst->cat, cp->id, (int)i, snap);
+		r = copy_snapshot(&c, caller, im->mappings[i].snapshot_id, cp->id, (int)i, source_image_id);
 		if (r < 0) {
 			char reason[256];
 

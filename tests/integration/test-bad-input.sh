@@ -160,7 +160,7 @@ bad "missing.*FILE" volume import
 bad "missing.*FILE" volume export "$vol"
 bad "missing.*VOLUME-ID" snapshot create
 bad "missing.*SNAPSHOT-B" snapshot diff "$snap"
-bad "unexpected argument" volume describe "$vol" "$vol"
+bad "unexpected argument" volume delete "$vol" "$vol"
 bad "unexpected argument" snapshot export "$snap" "$keep" extra
 bad "needs a value" volume create --size
 bad "needs a value" volume describe --store

@@ -179,6 +179,17 @@ assert snaps[snap]["SizeBytes"] == int(size), snaps[snap]
 EOF
 kiln snapshot describe "$snap" --output json >"$TMPDIR/snap.json"
 assert_eq "$(json "$TMPDIR/snap.json" "[s['SnapshotId'] for s in j['Snapshots']]")" "['$snap']" "snapshot describe $snap"
+# several ids, in the order given; one unknown id fails the describe
+kiln snapshot describe "$snap2" "$snap" --output json >"$TMPDIR/snaps2.json"
+assert_eq "$(json "$TMPDIR/snaps2.json" "[s['SnapshotId'] for s in j['Snapshots']]")" "['$snap2', '$snap']" \
+	"snapshot describe $snap2 $snap"
+expect_fail kiln snapshot describe "$snap" snap-0123456789abcdef0
+[[ $ERR == *"snapshot snap-0123456789abcdef0 does not exist"* ]] || fail "describe of an unknown snapshot among others: $ERR"
+vol2=$(kiln volume create --size 1M)
+kiln volume describe "$vol2" "$vol" --output json >"$TMPDIR/vols2.json"
+assert_eq "$(json "$TMPDIR/vols2.json" "[v['VolumeId'] for v in j['Volumes']]")" "['$vol2', '$vol']" \
+	"volume describe $vol2 $vol"
+kiln volume delete "$vol2"
 # an empty region is an empty list, not nothing
 kiln snapshot describe --output json --region eu-west-1 >"$TMPDIR/empty.json"
 assert_eq "$(json "$TMPDIR/empty.json" "j['Snapshots']")" "[]" "snapshots of an empty region"

@@ -272,7 +272,7 @@ kiln init --chunk-size 4K >/dev/null 2>&1
 root4=$(snap_of "$FIX/boot-bios.raw")
 root4_chunks=$(data_chunks "$FIX/boot-bios.raw" 4096)
 [ "$root4_chunks" -lt 4096 ] || fail "boot-bios.raw has $root4_chunks chunks of 4 KiB: the root would commit"
-for point in copy:chunks-committed copy:image-pending copy:manifest-written; do
+for point in copy:chunks-committed copy:image-pending copy:manifest-written copy:snapshot-inserted; do
 	tag=${point#copy:}
 	make_random "$TMPDIR/$tag.raw" 32M "$tag"
 	s=$(snap_of "$TMPDIR/$tag.raw")
@@ -319,11 +319,17 @@ for point in copy:chunks-committed copy:image-pending copy:manifest-written; do
 		assert_eq "$(copy_field "c['Snapshots'], c['ChunksTotal'], c['ChunksMoved']")" \
 			"(2, $((root4_chunks + 8192)), 8192)" "snapshots and chunks copied after $point"
 		;;
-	copy:manifest-written)
+	copy:manifest-written | copy:snapshot-inserted)
+		# killed at the root's snapshot: its chunks are kept, not
+		# moved again, and neither its row nor its mapping was written
 		assert_eq "$(copy_field "c['Snapshots'], c['ChunksMoved']")" "(2, 8192)" \
 			"snapshots and chunks copied after $point"
 		;;
 	esac
+	# no snapshot left over from the killed run: the copy's two, no more
+	kiln snapshot describe "${EU[@]}" --output json >"$TMPDIR/eusnaps.json"
+	assert_eq "$(json "$TMPDIR/eusnaps.json" "len([s for s in j['Snapshots'] if '$killed' in s['Description']])")" 2 \
+		"snapshots copied for $killed"
 	kiln image describe --image-ids "$killed" "${EU[@]}" --output json >"$TMPDIR/resumed.json"
 	assert_eq "$(json "$TMPDIR/resumed.json" "(j['Images'][0]['State'], len(j['Images'][0]['BlockDeviceMappings']))")" \
 		"('available', 2)" "the copy after $point"

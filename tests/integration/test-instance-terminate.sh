@@ -106,8 +106,10 @@ assert_eq "$(vol_is "$extra" State)" gone "the DeleteOnTermination EBS volume af
 # as EC2 shows it: terminated, no longer served, and terminating it again
 # is no error and changes nothing
 kiln instance describe "$inst" --output json >"$TMPDIR/term.json"
-assert_eq "$(json "$TMPDIR/term.json" "j['Reservations'][0]['Instances'][0]['State']['Name']")" terminated \
-	"State of a terminated instance"
+assert_eq "$(json "$TMPDIR/term.json" "j['Reservations'][0]['Instances'][0]['State']")" \
+	"{'Code': 48, 'Name': 'terminated'}" "State of a terminated instance"
+assert_eq "$(json "$TMPDIR/term.json" "j['Reservations'][0]['Instances'][0]['BlockDeviceMappings']")" "[]" \
+	"BlockDeviceMappings of a terminated instance"
 expect_fail nbdinfo --size "$(dev_uri "$inst" xvda)"
 kiln instance terminate "$inst" >"$TMPDIR/term2.out"
 assert_eq "$(cat "$TMPDIR/term2.out")" "" "what a second terminate says"

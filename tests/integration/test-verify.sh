@@ -52,6 +52,17 @@ assert_eq "$(json "$TMPDIR/verify.json" "j['Problems'][0]['Volumes']")" "['$vol'
 rm -f "$TMPDIR/out.img"
 expect_fail kiln snapshot export "$s2" "$TMPDIR/out.img"
 [[ $ERR == *"$s2"* && $ERR == *corrupt* ]] || fail "unclear error from exporting $s2: $ERR"
+[ ! -e "$TMPDIR/out.img" ] || fail "a failed export of $s2 left $TMPDIR/out.img"
+# an export that fails leaves the file it would have replaced as it was,
+# through a symbolic link too, and no temporary file beside it
+mkdir "$TMPDIR/keep"
+cp "$w1" "$TMPDIR/keep/old.img"
+ln -s old.img "$TMPDIR/keep/link.img"
+for target in old.img link.img; do
+	expect_fail kiln snapshot export "$s2" "$TMPDIR/keep/$target"
+	cmp "$TMPDIR/keep/old.img" "$w1" || fail "a failed export of $s2 to $target changed the file"
+done
+assert_eq "$(ls -A "$TMPDIR/keep" | tr '\n' ' ')" "link.img old.img " "files beside a failed export"
 # the volume keeps its own copy of the chunks it changed, in its overlay
 cmp_volume "$vol" "$v2"
 cmp_snapshot "$s1" "$v1"

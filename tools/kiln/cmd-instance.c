@@ -103,7 +103,9 @@ static void json_instance(struct json *j, const struct kiln_instance_info *in)
 	json_kv_string(j, "RootDeviceType", "ebs");
 	json_key(j, "BlockDeviceMappings");
 	json_array_begin(j);
-	for (size_t i = 0; i < in->ndevices; i++) {
+	/* as in EC2, a terminated instance has no devices any more: its
+	 * volumes are deleted or detached */
+	for (size_t i = 0; strcmp(in->state, "terminated") != 0 && i < in->ndevices; i++) {
 		const struct kiln_instance_device *d = &in->devices[i];
 
 		json_object_begin(j);
@@ -136,7 +138,7 @@ static void add_instance(struct describe_ctx *d, const struct kiln_instance_info
 		json_instance(&d->j, in);
 		return;
 	}
-	snprintf(devs, sizeof devs, "%zu", in->ndevices);
+	snprintf(devs, sizeof devs, "%zu", strcmp(in->state, "terminated") == 0 ? 0 : in->ndevices);
 	table_add(&d->t, in->id, in->image_id, in->state, in->qemu_pid > 0 ? "yes" : "no", devs,
 		  iso_time(in->launch_time, false, t));
 }

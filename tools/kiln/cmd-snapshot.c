@@ -142,19 +142,26 @@ int cmd_snapshot_describe(struct cli_ctx *ctx, const struct cli_args *args)
 {
 	struct snapshot_list l = { .ctx = ctx };
 	struct kiln_snapshot_info one;
-	const char *snap = args->argc > 0 ? args->argv[0] : NULL;
 	int r;
 
-	if (snap) {
-		if (!check_id("snapshot", snap))
+	/* the ids given, in their order; one that does not exist (for this
+	 * account) fails the whole describe, as in EC2 */
+	for (int i = 0; i < args->argc; i++) {
+		const char *snap = args->argv[i];
+
+		if (!check_id("snapshot", snap)) {
+			free(l.v);
 			return EXIT_FAILURE;
+		}
 		r = describe_usable(ctx, snap, &one);
 		if (r < 0) {
 			err_id(ctx, "snapshot", snap, r);
+			free(l.v);
 			return EXIT_FAILURE;
 		}
 		add_snapshot(&l, &one);
-	} else {
+	}
+	if (args->argc == 0) {
 		r = kiln_snapshot_list(ctx->region, add_snapshot, &l);
 		if (r < 0) {
 			errmsg_errno(r, "cannot list the snapshots of region %s",

@@ -335,19 +335,26 @@ int cmd_volume_describe(struct cli_ctx *ctx, const struct cli_args *args)
 {
 	struct volume_list l = { .account = ctx->account };
 	struct kiln_volume_info one;
-	const char *vol = args->argc > 0 ? args->argv[0] : NULL;
 	int r;
 
-	if (vol) {
-		if (!check_id("volume", vol))
+	/* the ids given, in their order; one that does not exist (for this
+	 * account) fails the whole describe, as in EC2 */
+	for (int i = 0; i < args->argc; i++) {
+		const char *vol = args->argv[i];
+
+		if (!check_id("volume", vol)) {
+			free(l.v);
 			return EXIT_FAILURE;
+		}
 		r = describe_own(ctx, vol, &one, -ENOENT);      /* as EC2 */
 		if (r < 0) {
 			err_id(ctx, "volume", vol, r);
+			free(l.v);
 			return EXIT_FAILURE;
 		}
 		add_volume(&l, &one);
-	} else {
+	}
+	if (args->argc == 0) {
 		r = kiln_volume_list(ctx->region, add_volume, &l);
 		if (r < 0) {
 			errmsg_errno(r, "cannot list the volumes of region %s", ctx->region_name);
