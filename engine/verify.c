@@ -80,6 +80,8 @@ static void describe_damage(struct kiln_region *rg, const struct entry *e, struc
 	snprintf(name, sizeof name, "%08x.pack", e->loc.pack);
 	if (fstatat(cs_packs_dirfd(rg->cs), name, &st, 0) < 0)
 		snprintf(p->what_buf, sizeof p->what_buf, "its pack packs/%s is missing", name);
+	else if (!S_ISREG(st.st_mode))
+		snprintf(p->what_buf, sizeof p->what_buf, "its pack packs/%s is not a file", name);
 	else if ((uint64_t)st.st_size < end)
 		snprintf(p->what_buf, sizeof p->what_buf,
 			 "packs/%s is truncated: %llu bytes, the record ends at %llu", name,

@@ -85,6 +85,16 @@ grep "corrupt chunk $second" "$TMPDIR/.stdout" | grep -q "$s2" ||
 expect_fail kiln snapshot export "$s2" "$TMPDIR/out.img"
 cp "$TMPDIR/pack.good" "$pack"
 
+# ---- a pack that is a directory: named as such ------------------------------
+rm "$pack"
+mkdir "$pack"
+expect_fail kiln store verify
+assert_eq "$(grep -c "its pack packs/00000002.pack is not a file" "$TMPDIR/.stdout")" 3 \
+	"chunks of a pack that is a directory"
+rmdir "$pack"
+cp "$TMPDIR/pack.good" "$pack"
+verify_clean
+
 # ---- a truncated pack: the last record loses its last 100 bytes ----------
 last=$(hex_at "$pack" $((16 + 2 * rec + 8)) 16)
 truncate -s -100 "$pack"
@@ -98,6 +108,7 @@ expect_fail kiln snapshot export "$s2" "$TMPDIR/out.img"
 [[ $ERR == *"$s2"* && $ERR == *corrupt* ]] || fail "unclear error from exporting $s2: $ERR"
 cmp_snapshot "$s1" "$v1"
 cmp_snapshot "$sw" "$w1"
+
 
 # new data can still be snapshotted; a new snapshot that inherits the
 # damaged chunk is named by verify too
