@@ -158,6 +158,10 @@ static int check_manifest(struct verify_ctx *c, int dirfd, const char *name, con
 	bool bad = false;
 	int r = manifest_read(dirfd, name, &m);
 
+	/* Deleted since the directory was read (verify takes no lock, so
+	 * snapshots and volumes come and go beside it): not a problem. */
+	if (r == -ENOENT)
+		return 0;
 	c->res->manifests_checked++;
 	if (r < 0) {
 		static const uint8_t none[CHUNK_ID_SIZE];
@@ -226,26 +230,59 @@ static int walk_manifests(struct verify_ctx *c, int dirfd, const char *suffix, b
 }
 
 /* Every completed snapshot the catalog knows needs its manifest: the walk
- * above sees only the manifests that are there. */
-static int missing_manifest(void *opaque, const struct kiln_snapshot_info *info)
+ * above sees only the manifests that are there. The ids are listed first
+ * and checked after, so that each check reads the catalog anew: verify
+ * takes no lock, and a delete removes the row and then the file. */
+struct id_list {
+	char (*ids)[KILN_ID_MAX];
+	size_t n, cap;
+};
+
+static int list_completed(void *opaque, const struct kiln_snapshot_info *info)
 {
-	static const uint8_t none[CHUNK_ID_SIZE];
-	struct verify_ctx *c = opaque;
-	char name[KILN_ID_MAX + 16];
-	struct problem *p;
+	struct id_list *l = opaque;
 
 	if (info->state != KILN_SNAPSHOT_COMPLETED)
 		return 0;
-	snprintf(name, sizeof name, "%s.manifest", info->id);
-	if (faccessat(c->rg->manifests_dirfd, name, F_OK, 0) == 0 || errno != ENOENT)
-		return 0;
-	c->res->manifests_checked++;
-	c->res->bad_manifests++;
-	p = add_problem(c, none, "manifest is missing");
-	if (!p)
-		return -ENOMEM;
-	add_user(p, info->id);
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 64;
+		char (*ids)[KILN_ID_MAX] = realloc(l->ids, cap * sizeof *ids);
+
+		if (!ids)
+			return -ENOMEM;
+		l->ids = ids;
+		l->cap = cap;
+	}
+	snprintf(l->ids[l->n++], KILN_ID_MAX, "%s", info->id);
 	return 0;
+}
+
+static int check_manifests_exist(struct verify_ctx *c)
+{
+	static const uint8_t none[CHUNK_ID_SIZE];
+	struct id_list l = { 0 };
+	int r = catalog_snapshot_list(c->rg->cat, list_completed, &l);
+
+	for (size_t i = 0; r == 0 && i < l.n; i++) {
+		struct kiln_snapshot_info now;
+		char name[KILN_ID_MAX + 16];
+		struct problem *p;
+
+		snprintf(name, sizeof name, "%s.manifest", l.ids[i]);
+		if (faccessat(c->rg->manifests_dirfd, name, F_OK, 0) == 0 || errno != ENOENT)
+			continue;
+		if (catalog_snapshot_get(c->rg->cat, l.ids[i], &now) == -ENOENT)
+			continue;       /* deleted meanwhile */
+		c->res->manifests_checked++;
+		c->res->bad_manifests++;
+		p = add_problem(c, none, "manifest is missing");
+		if (!p)
+			r = -ENOMEM;
+		else
+			add_user(p, l.ids[i]);
+	}
+	free(l.ids);
+	return r;
 }
 
 int kiln_region_verify(struct kiln_region *rg,
@@ -300,7 +337,7 @@ int kiln_region_verify(struct kiln_region *rg,
 			r = -ENOMEM;
 	}
 	if (r == 0 && !res.bad_catalog)
-		r = catalog_snapshot_list(rg->cat, missing_manifest, &c);
+		r = check_manifests_exist(&c);
 	if (r < 0)
 		goto out;
 	for (size_t i = 0; i < c.nproblems; i++) {
