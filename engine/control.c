@@ -14,7 +14,10 @@
  * While the owner works it sends "WAIT\n" every second, so a client that
  * hears nothing for CONTROL_SILENCE_MS knows the owner is stopped or hung
  * and gives up with -ETIMEDOUT. An owner that finds its client gone
- * before it starts (one that gave up on it) does nothing.
+ * before it starts (one that gave up on it) does nothing, and one that
+ * cannot deliver its answer deletes the snapshots it took: the client was
+ * told they failed. The owner serves each request on a thread of its own,
+ * so one that waits behind another's snapshot says WAIT too.
  *
  * The socket is reached through /proc/self/fd/<volumes dir>/ so the store
  * path never meets the 108-byte limit of sun_path. */
@@ -211,6 +214,7 @@ static int serve_set(int client_fd, char *args, const struct kiln_control_ops *o
 {
 	char account[KILN_ACCOUNT_LEN + 2], hex[600], desc[256] = "";
 	struct kiln_volume *vols[SET_MAX];
+	struct kiln_region *rg;
 	char ids[SET_MAX][KILN_ID_MAX];
 	char reply[SET_MAX * KILN_ID_MAX + 16];
 	size_t n = 0;
@@ -253,6 +257,7 @@ static int serve_set(int client_fd, char *args, const struct kiln_control_ops *o
 			keepalive_stop(&k);
 		}
 	}
+	rg = n > 0 ? vols[0]->region : NULL;
 	for (size_t i = 0; i < n; i++)
 		ops->release(ops->opaque, vols[i]);
 	if (r < 0) {
@@ -265,7 +270,13 @@ static int serve_set(int client_fd, char *args, const struct kiln_control_ops *o
 		}
 		strcat(reply, "\n");
 	}
-	send_line(client_fd, reply);
+	if (send_line(client_fd, reply) < 0 && r == 0) {
+		/* The client gave up on us (we were stopped): it was told the
+		 * snapshots failed, so they must not stay. */
+		for (size_t i = 0; i < n; i++)
+			kiln_snapshot_delete(rg, ids[i]);
+		return -ECONNABORTED;
+	}
 	return r;
 bad:
 	send_line(client_fd, "ERR 22\n");
@@ -310,7 +321,12 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct
 		snprintf(reply, sizeof reply, "ERR %d\n", -r);
 	else
 		snprintf(reply, sizeof reply, "OK %s\n", id);
-	send_line(client_fd, reply);
+	if (send_line(client_fd, reply) < 0 && r == 0) {
+		/* The client gave up on us (we were stopped): it was told the
+		 * snapshot failed, so it must not stay. */
+		kiln_snapshot_delete(v->region, id);
+		return -ECONNABORTED;
+	}
 	return r;
 }
 

@@ -134,6 +134,10 @@ struct kiln_region {
 	struct catalog *cat;
 	struct chunkstore *cs;
 	int lock_fd;            /* regions/NAME/lock: flock for chunk store writers */
+	/* The same lock between the threads of this process (kiln-nbd's
+	 * control requests run on threads of their own): recursive, held
+	 * as long as the flock; lock_depth counts under it. */
+	pthread_mutex_t lock_mutex;
 	int lock_depth;
 };
 

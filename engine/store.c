@@ -325,6 +325,14 @@ int kiln_region_open(struct kiln_store *s, const char *name, struct kiln_region 
 		return -ENOMEM;
 	rg->store = s;
 	rg->dirfd = rg->volumes_dirfd = rg->manifests_dirfd = rg->lock_fd = -1;
+	{
+		pthread_mutexattr_t a;
+
+		pthread_mutexattr_init(&a);
+		pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+		pthread_mutex_init(&rg->lock_mutex, &a);
+		pthread_mutexattr_destroy(&a);
+	}
 	snprintf(rg->name, sizeof rg->name, "%s", name);
 	snprintf(path, sizeof path, "regions/%s", name);
 	rg->dirfd = openat(s->dirfd, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -378,6 +386,7 @@ void kiln_region_close(struct kiln_region *rg)
 		close(rg->manifests_dirfd);
 	if (rg->dirfd >= 0)
 		close(rg->dirfd);
+	pthread_mutex_destroy(&rg->lock_mutex);
 	free(rg);
 }
 
@@ -430,10 +439,13 @@ static void clean_after_crash(struct kiln_region *rg)
  * snapshot whose writer died never shows as pending. */
 void region_reap_if_idle(struct kiln_region *rg)
 {
-	if (rg->lock_depth > 0 || flock(rg->lock_fd, LOCK_EX | LOCK_NB) < 0)
+	if (pthread_mutex_trylock(&rg->lock_mutex) != 0)
 		return;
-	clean_after_crash(rg);
-	flock(rg->lock_fd, LOCK_UN);
+	if (rg->lock_depth == 0 && flock(rg->lock_fd, LOCK_EX | LOCK_NB) == 0) {
+		clean_after_crash(rg);
+		flock(rg->lock_fd, LOCK_UN);
+	}
+	pthread_mutex_unlock(&rg->lock_mutex);
 }
 
 /* The store's reserve: a few MiB allocated at init and given back when a
@@ -470,12 +482,16 @@ bool region_release_reserve(struct kiln_region *rg)
 
 int region_lock(struct kiln_region *rg)
 {
+	pthread_mutex_lock(&rg->lock_mutex);
 	if (rg->lock_depth++ > 0)
 		return 0;
 	while (flock(rg->lock_fd, LOCK_EX) < 0) {
 		if (errno != EINTR) {
+			int r = -errno;
+
 			rg->lock_depth--;
-			return -errno;
+			pthread_mutex_unlock(&rg->lock_mutex);
+			return r;
 		}
 	}
 	clean_after_crash(rg);
@@ -486,6 +502,7 @@ void region_unlock(struct kiln_region *rg)
 {
 	if (--rg->lock_depth == 0)
 		flock(rg->lock_fd, LOCK_UN);
+	pthread_mutex_unlock(&rg->lock_mutex);
 }
 
 static int truncate_at(int dirfd, const char *name)

@@ -355,6 +355,71 @@ static const struct kiln_control_ops ctl_ops = { ctl_acquire, ctl_release, NULL 
 
 #define CONTROL_READ_TIMEOUT 2      /* seconds for a request line to arrive */
 
+/* Each control connection is served on a thread of its own: a request
+ * that waits behind a long snapshot (for the region lock) must still say
+ * it is waiting, or its client would take the daemon for stopped. */
+struct ctl_client {
+	struct export *e;
+	int fd;
+};
+
+static pthread_mutex_t ctl_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ctl_idle = PTHREAD_COND_INITIALIZER;
+static unsigned ctl_active;             /* client threads still running */
+
+static void *ctl_client_main(void *arg)
+{
+	struct ctl_client *cc = arg;
+	/* kiln sends its request as it connects: a client that says nothing
+	 * must not hold a thread, or shutdown, for long. */
+	struct timeval tv = { .tv_sec = CONTROL_READ_TIMEOUT };
+	int r;
+
+	setsockopt(cc->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	r = kiln_volume_control_serve(cc->e->vol, cc->fd, &ctl_ops);
+	debug("control: %s: request served: %s", cc->e->name, r < 0 ? strerror(-r) : "ok");
+	close(cc->fd);
+	export_put(cc->e);
+	free(cc);
+	pthread_mutex_lock(&ctl_lock);
+	if (--ctl_active == 0)
+		pthread_cond_broadcast(&ctl_idle);
+	pthread_mutex_unlock(&ctl_lock);
+	return NULL;
+}
+
+/* Serve one accepted connection on its own thread; takes e's reference. */
+static void ctl_client_start(struct export *e, int fd)
+{
+	struct ctl_client *cc = malloc(sizeof *cc);
+	pthread_attr_t attr;
+	pthread_t t;
+	bool started = false;
+
+	if (cc) {
+		*cc = (struct ctl_client){ e, fd };
+		pthread_mutex_lock(&ctl_lock);
+		ctl_active++;
+		pthread_mutex_unlock(&ctl_lock);
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		started = pthread_create(&t, &attr, ctl_client_main, cc) == 0;
+		pthread_attr_destroy(&attr);
+	}
+	if (started)
+		return;
+	debug("control: %s: no thread for a request", e->name);
+	if (cc) {
+		pthread_mutex_lock(&ctl_lock);
+		if (--ctl_active == 0)
+			pthread_cond_broadcast(&ctl_idle);
+		pthread_mutex_unlock(&ctl_lock);
+	}
+	free(cc);
+	close(fd);
+	export_put(e);
+}
+
 static void *control_main(void *unused)
 {
 	(void)unused;
@@ -384,7 +449,7 @@ static void *control_main(void *unused)
 		}
 		for (nfds_t i = 1; i < n; i++) {
 			struct export *e;
-			int cfd, r;
+			int cfd;
 
 			if (!(pfds[i].revents & POLLIN))
 				continue;
@@ -398,18 +463,10 @@ static void *control_main(void *unused)
 			if (!e)
 				continue;
 			cfd = accept4(e->ctl_fd, NULL, NULL, SOCK_CLOEXEC);
-			if (cfd >= 0) {
-				/* kiln sends its request as it connects: a client
-				 * that says nothing must not hold up other
-				 * snapshots, or shutdown, for long. */
-				struct timeval tv = { .tv_sec = CONTROL_READ_TIMEOUT };
-
-				setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-				r = kiln_volume_control_serve(e->vol, cfd, &ctl_ops);
-				debug("control: %s: request served: %s", e->name, r < 0 ? strerror(-r) : "ok");
-				close(cfd);
-			}
-			export_put(e);
+			if (cfd >= 0)
+				ctl_client_start(e, cfd);
+			else
+				export_put(e);
 		}
 	}
 }
@@ -434,6 +491,11 @@ void control_stop(void)
 	control_running = false;
 	wake_control();
 	pthread_join(control_thread, NULL);
+	/* and the requests still being served: each holds an export */
+	pthread_mutex_lock(&ctl_lock);
+	while (ctl_active > 0)
+		pthread_cond_wait(&ctl_idle, &ctl_lock);
+	pthread_mutex_unlock(&ctl_lock);
 	close(control_wake);
 	control_wake = -1;
 }

@@ -294,16 +294,46 @@ snap=$("$KILN" snapshot create "$blank") || fail "snapshot create once the daemo
 assert_id snap "$snap"
 kill "$holder"
 stop_nbd
-# A daemon whose snapshot takes 12 s (stalled, as behind a slow disk) is
-# still at work, and says so: kiln waits for it.
-export KILN_STALL_POINT=snapshot:capture:12
+# A daemon whose snapshots take 11 s each (stalled, as behind a slow disk)
+# is still at work, and says so: kiln waits for it, also with a request
+# that waits behind another's snapshot before its own begins (22 s).
+export KILN_STALL_POINT=snapshot:capture:11
 start_nbd
 unset KILN_STALL_POINT
 hold_export
+/usr/bin/python3 -c 'import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+time.sleep(40)' "$(nbd_uri "$vol")" &
+holder2=$!
+cleanup_fn "kill $holder2 2>/dev/null"
+wait_until 10 test -S "$KILN_STORE/regions/us-east-1/volumes/$vol.ctl" || fail "no control socket for $vol"
 start=$(date +%s)
-snap=$(timeout 60 "$KILN" snapshot create "$blank") || fail "a slow snapshot through the daemon: exit $?"
+timeout 60 "$KILN" snapshot create "$vol" >"$TMPDIR/first.snap" 2>&1 &
+first=$!
+sleep 0.5
+snap=$(timeout 60 "$KILN" snapshot create "$blank") || fail "a snapshot waiting behind another's: exit $?"
 assert_id snap "$snap"
-(($(date +%s) - start >= 11)) || fail "the daemon's snapshot was not stalled: the test tests nothing"
+wait $first || fail "a slow snapshot through the daemon: $(cat "$TMPDIR/first.snap")"
+assert_id snap "$(cat "$TMPDIR/first.snap")"
+(($(date +%s) - start >= 21)) || fail "the daemon's snapshots were not stalled: the test tests nothing"
+kill "$holder" "$holder2"
+stop_nbd
+
+# A daemon stopped in the middle of a snapshot: kiln gives up and says so,
+# and the daemon, resumed, finishes the snapshot but cannot tell anyone:
+# it deletes it, since its client was told it failed.
+export KILN_STALL_POINT=snapshot:capture:3
+start_nbd
+unset KILN_STALL_POINT
+hold_export
+before=$(snapshot_ids | sort)
+(sleep 1; kill -STOP "$NBD_PID") &
+expect_fail timeout 60 "$KILN" snapshot create "$blank"
+[[ $ERR == *"stopped answering"* ]] || fail "snapshot through a daemon stopped mid-way: $ERR"
+kill -CONT "$NBD_PID"
+sleep 4                                 # the rest of its stall, and the snapshot
+assert_eq "$(snapshot_ids | sort)" "$before" "snapshots after the daemon, resumed, could not answer"
 kill "$holder"
 stop_nbd
 
