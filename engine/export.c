@@ -7,7 +7,6 @@
  * not the default until a benchmark shows it wins. */
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,103 +23,11 @@ static int export_to(struct kiln_region *rg, uint64_t size, uint32_t chunk_size,
 		     void (*classify)(void *opaque, uint64_t i, struct chunk_source *src),
 		     void *opaque, int fd, bool blockdev, kiln_progress_fn progress, void *popaque);
 
-/* Where an export to a regular file is written until it is complete: a
- * file beside it, unnamed (O_TMPFILE) where the filesystem allows, else
- * named with a dot. The export then takes the target's name by rename, so
- * one that fails leaves what was there (DESIGN: bad input changes nothing
- * that was good). */
-struct target {
-	char path[PATH_MAX];            /* the file the export replaces */
-	char tmp[PATH_MAX + 32];        /* the named temporary, or "" */
-	int fd;
-	bool unnamed;
-};
-
-static int target_open(struct target *t, const char *path)
-{
-	CLEANUP_FREE char *copy = NULL;
-	struct stat st;
-	mode_t mode = 0644;
-	const char *dir;
-	char *slash;
-
-	/* Through a symbolic link to the file it names, as writing did. */
-	if (realpath(path, t->path) == NULL) {
-		if (errno != ENOENT || strlen(path) >= sizeof t->path)
-			return errno == ENOENT ? -ENAMETOOLONG : -errno;
-		snprintf(t->path, sizeof t->path, "%s", path);
-	} else if (stat(t->path, &st) == 0) {
-		mode = st.st_mode & 07777;
-	}
-	copy = strdup(t->path);
-	if (!copy)
-		return -ENOMEM;
-	slash = strrchr(copy, '/');
-	dir = slash == copy ? "/" : slash ? (*slash = '\0', copy) : ".";
-	t->tmp[0] = '\0';
-	t->fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
-	t->unnamed = t->fd >= 0;
-	if (t->fd < 0) {
-		const char *base = strrchr(t->path, '/') ? strrchr(t->path, '/') + 1 : t->path;
-
-		snprintf(t->tmp, sizeof t->tmp, "%s/.%s.kiln-XXXXXX", dir, base);
-		t->fd = mkostemp(t->tmp, O_CLOEXEC);
-		if (t->fd < 0) {
-			t->tmp[0] = '\0';
-			return -errno;
-		}
-		if (fchmod(t->fd, mode) < 0) {
-			int r = -errno;
-
-			unlink(t->tmp);
-			return r;
-		}
-	}
-	return 0;
-}
-
-/* The export is complete and durable: give it the target's name. */
-static int target_commit(struct target *t)
-{
-	CLEANUP_FREE char *copy = strdup(t->path);
-	CLEANUP_CLOSE int dirfd = -1;
-	char *slash;
-
-	if (!copy)
-		return -ENOMEM;
-	if (t->unnamed) {
-		char proc[64];
-
-		snprintf(proc, sizeof proc, "/proc/self/fd/%d", t->fd);
-		snprintf(t->tmp, sizeof t->tmp, "%s.kiln-%d", t->path, (int)getpid());
-		if (linkat(AT_FDCWD, proc, AT_FDCWD, t->tmp, AT_SYMLINK_FOLLOW) < 0) {
-			t->tmp[0] = '\0';
-			return -errno;
-		}
-	}
-	if (rename(t->tmp, t->path) < 0)
-		return -errno;
-	t->tmp[0] = '\0';
-	slash = strrchr(copy, '/');
-	dirfd = open(slash == copy ? "/" : slash ? (*slash = '\0', copy) : ".",
-		     O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dirfd >= 0 && fsync(dirfd) < 0)
-		return -errno;
-	return 0;
-}
-
-static void target_abort(struct target *t)
-{
-	if (t->tmp[0])
-		unlink(t->tmp);
-	t->tmp[0] = '\0';
-}
-
 int export_raw(struct kiln_region *rg, uint64_t size, uint32_t chunk_size,
 	       void (*classify)(void *opaque, uint64_t i, struct chunk_source *src),
 	       void *opaque, const char *path, kiln_progress_fn progress, void *popaque)
 {
-	struct target t = { .fd = -1 };
+	struct replacement rp;
 	struct stat st;
 	int r;
 
@@ -136,25 +43,17 @@ int export_raw(struct kiln_region *rg, uint64_t size, uint32_t chunk_size,
 		close(fd);
 		return r;
 	}
-	r = target_open(&t, path);
-	if ((r == -EACCES || r == -EPERM || r == -EROFS) && access(path, W_OK) == 0) {
-		/* A file we may write in a directory we may not: in place. */
-		int fd = open(path, O_WRONLY | O_CLOEXEC);
-
-		if (fd < 0)
-			return -errno;
-		r = export_to(rg, size, chunk_size, classify, opaque, fd, false, progress, popaque);
-		close(fd);
-		return r;
-	}
+	/* A regular file is replaced once the export is complete, so one
+	 * that fails (a corrupt chunk, a full disk) leaves what was there. */
+	r = replacement_open(&rp, path);
 	if (r < 0)
 		return r;
-	r = export_to(rg, size, chunk_size, classify, opaque, t.fd, false, progress, popaque);
+	r = export_to(rg, size, chunk_size, classify, opaque, rp.fd, false, progress, popaque);
 	if (r == 0)
-		r = target_commit(&t);
+		r = replacement_commit(&rp);
 	if (r < 0)
-		target_abort(&t);
-	close(t.fd);
+		replacement_abort(&rp);
+	replacement_close(&rp);
 	return r;
 }
 

@@ -5,6 +5,7 @@
 #define KILN_INTERNAL_H
 
 #include <endian.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -508,6 +509,24 @@ struct chunk_source {
 	const uint8_t *id;          /* SRC_STORED */
 	int fd;                     /* SRC_OVERLAY: read at the chunk's offset */
 };
+
+/* ---- replace.c: new contents for a regular file, all at once -------- */
+
+struct replacement {
+	char path[PATH_MAX];    /* the file replaced (symbolic links followed) */
+	char dir[PATH_MAX];
+	char tmp[PATH_MAX + 64]; /* the named file beside it, or "" */
+	int fd;                 /* write here */
+	bool unnamed;           /* O_TMPFILE: named only at commit */
+	bool in_place;          /* fd is the file itself (see replace.c) */
+};
+
+int replacement_open(struct replacement *rp, const char *path);
+/* fd's contents are complete and synced: they take the file's name. */
+int replacement_commit(struct replacement *rp);
+/* Drop what was written beside the file (nothing if in place). */
+void replacement_abort(struct replacement *rp);
+void replacement_close(struct replacement *rp);
 
 int export_raw(struct kiln_region *region, uint64_t size, uint32_t chunk_size,
 	       void (*classify)(void *opaque, uint64_t i, struct chunk_source *src),

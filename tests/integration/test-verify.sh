@@ -63,6 +63,26 @@ for target in old.img link.img; do
 	cmp "$TMPDIR/keep/old.img" "$w1" || fail "a failed export of $s2 to $target changed the file"
 done
 assert_eq "$(ls -A "$TMPDIR/keep" | tr '\n' ' ')" "link.img old.img " "files beside a failed export"
+# and one that succeeds replaces the file as writing it would have: its
+# mode and owner kept, a hard link written in place (both names see it),
+# a dangling link creating the file it names, a long name taken
+k=$TMPDIR/keep
+chmod 0666 "$k/old.img"
+chown nobody:nogroup "$k/old.img"
+kiln snapshot export "$s1" "$k/link.img" || fail "export of $s1 through a link"
+cmp "$k/old.img" "$v1" || fail "export of $s1 through a link to old.img"
+[ -L "$k/link.img" ] || fail "the link an export went through is no longer a link"
+assert_eq "$(stat -c '%a %U %G' "$k/old.img")" "666 nobody nogroup" "mode and owner of a file an export replaced"
+ln "$k/old.img" "$k/hard.img"
+kiln snapshot export "$sw" "$k/hard.img" || fail "export of $sw to a file with two links"
+cmp "$k/old.img" "$w1" || fail "the other name of a file with two links does not show the export"
+ln -s new.img "$k/dangling.img"
+kiln snapshot export "$s1" "$k/dangling.img" || fail "export of $s1 through a dangling link"
+cmp "$k/new.img" "$v1" || fail "export through a dangling link did not make the file it names"
+long=$k/$(printf 'l%.0s' {1..250})
+kiln snapshot export "$s1" "$long" || fail "export of $s1 to a 250-byte name"
+cmp "$long" "$v1" || fail "export of $s1 to a 250-byte name"
+rm -f "$k"/*
 # the volume keeps its own copy of the chunks it changed, in its overlay
 cmp_volume "$vol" "$v2"
 cmp_snapshot "$s1" "$v1"
