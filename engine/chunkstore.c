@@ -470,6 +470,13 @@ int cs_lookup(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], struct chu
 	return 0;
 }
 
+int cs_refresh(struct chunkstore *cs)
+{
+	ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&cs->lock);
+
+	return cs->writing ? 0 : index_load_tail(cs, false);
+}
+
 bool cs_contains(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE])
 {
 	struct chunk_loc loc;

@@ -275,6 +275,9 @@ int cs_open(struct kiln_region *region, struct chunkstore **ret_cs);
 void cs_close(struct chunkstore *cs);
 /* Look a chunk up; rereads the index when another process added to it. */
 int cs_lookup(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], struct chunk_loc *ret_loc);
+/* Catch up with what other processes wrote to the index, or a new index
+ * (gc): for a reader that listed the chunks some time ago. */
+int cs_refresh(struct chunkstore *cs);
 bool cs_contains(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE]);
 /* Read, decompress and verify one chunk into buf (raw_len bytes). */
 int cs_read(struct chunkstore *cs, const uint8_t id[CHUNK_ID_SIZE], void *buf, size_t raw_len);
