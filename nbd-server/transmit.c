@@ -905,6 +905,30 @@ static bool open_pipe(struct tx *t)
 	return true;
 }
 
+/* Of len bytes for the volume at pos, how many end on a 4 KiB boundary. */
+static size_t block_prefix(uint64_t pos, size_t len)
+{
+	uint64_t end = (pos + len) & ~(uint64_t)4095;
+
+	return end > pos ? (size_t)(end - pos) : 0;
+}
+
+/* len bytes that are in the pipe already. */
+static int read_pipe(int fd, uint8_t *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = read(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
 /* A valid WRITE whose header is at ipos and whose payload is partly (or
  * not at all) in the input buffer: take what is there, splice the rest
  * from the socket through the pipe into the volume, and reply. 1 if it
@@ -915,8 +939,9 @@ static int splice_write(struct tx *t, const struct nbd_request *req)
 	struct kiln_volume *v = t->c->exp->vol;
 	struct kiln_stream_write sw;
 	const uint8_t *head = t->ibuf + t->ipos + sizeof *req;
-	size_t have = t->ilen - t->ipos - sizeof *req;
-	uint64_t left = req->count - have;
+	size_t have = t->ilen - t->ipos - sizeof *req, nb, take;
+	uint64_t left = req->count - have, pos;
+	uint8_t bounce[4096];
 	int r;
 
 	if (left < SPLICE_MIN || !open_pipe(t) ||
@@ -927,18 +952,52 @@ static int splice_write(struct tx *t, const struct nbd_request *req)
 		return -1;
 	if (t->w.started)
 		writer_kick(&t->w);
-	/* What is here first: meanwhile the client sends more. */
-	kiln_volume_stream_buf(&sw, head, have);
+	/* The volume takes the payload in parts, and a snapshot may fall
+	 * between two (the I/O lock is taken per part): every part but the
+	 * last ends on a 4 KiB boundary of the volume, so a write in flight
+	 * is never torn inside a block. A tail short of the boundary waits
+	 * in a small buffer, so the pipe is empty whenever the socket is
+	 * spliced into it. What is here first goes now: meanwhile the client
+	 * sends more. */
+	pos = req->offset;
+	take = block_prefix(pos, have);
+	kiln_volume_stream_buf(&sw, head, take);
+	pos += take;
+	nb = have - take;
+	memcpy(bounce, head + take, nb);
 	t->ipos = t->ilen;
 	while (left > 0) {
 		ssize_t n = splice_in(t, (size_t)MIN(left, (uint64_t)t->pipe_size));
+		size_t avail;
 
-		if (n <= 0 || kiln_volume_stream_pipe(&sw, t->pipe[0], (size_t)n) < 0) {
-			kiln_volume_stream_end(&sw);    /* what reached the volume */
-			return -1;
-		}
+		if (n <= 0)
+			goto lost;
 		left -= (uint64_t)n;
+		avail = (size_t)n;
+		if (nb > 0) {
+			/* complete the waiting block from the pipe */
+			size_t need = MIN(avail, block_prefix(pos, nb + 4096) - nb);
+
+			if (read_pipe(t->pipe[0], bounce + nb, need) < 0)
+				goto lost;
+			nb += need;
+			avail -= need;
+			if ((pos + nb) % 4096 != 0 && left > 0)
+				continue;       /* the pipe is empty: more first */
+			kiln_volume_stream_buf(&sw, bounce, nb);
+			pos += nb;
+			nb = 0;
+		}
+		take = left > 0 ? block_prefix(pos, avail) : avail;
+		if (take > 0 && kiln_volume_stream_pipe(&sw, t->pipe[0], take) < 0)
+			goto lost;
+		pos += take;
+		nb = avail - take;
+		if (nb > 0 && read_pipe(t->pipe[0], bounce, nb) < 0)
+			goto lost;
 	}
+	if (nb > 0)
+		kiln_volume_stream_buf(&sw, bounce, nb);
 	r = kiln_volume_stream_end(&sw);
 	if (r == 0 && (req->flags & NBD_CMD_FLAG_FUA))
 		r = kiln_volume_flush(v);
@@ -946,6 +1005,9 @@ static int splice_write(struct tx *t, const struct nbd_request *req)
 		debug("write offset %llu count %u: %s", (unsigned long long)req->offset, req->count,
 		      strerror(-r));
 	return simple_reply(t, req, r < 0 ? nbd_errno(-r) : 0) < 0 ? -1 : 1;
+lost:
+	kiln_volume_stream_end(&sw);    /* what reached the volume */
+	return -1;
 }
 
 /* Send the whole of len bytes from the pipe to the socket. */

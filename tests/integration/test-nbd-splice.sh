@@ -244,6 +244,83 @@ cmp_snapshot "$snap2" "$TMPDIR/model.raw"
 stop_nbd
 cmp_volume "$cow" "$TMPDIR/model.raw"
 
+# A large write whose payload trickles in (3000 bytes at a time) reaches
+# the volume in parts, and online snapshots fall between them: each 4 KiB
+# block of it in every snapshot is all old or all new, never torn.
+start_nbd
+cat >"$TMPDIR/torn.py" <<'EOF'
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+SOCK, BLANK, KILN = os.environ["SOCK"], os.environ["BLANK"], os.environ["KILN"]
+MiB, OFF = 1 << 20, (1 << 20) + 512
+path = os.path.join(os.environ["TMPDIR"], "torn.raw")
+s = socket.socket(socket.AF_UNIX)
+s.connect(SOCK)
+s.recv(18, socket.MSG_WAITALL)
+s.sendall(struct.pack(">I", 3))
+name = BLANK.encode()
+s.sendall(struct.pack(">QII", 0x49484156454F5054, 1, len(name)) + name)
+s.recv(10, socket.MSG_WAITALL)
+
+
+def write(payload, cookie, piece=None):
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, cookie, OFF, len(payload)))
+    for i in range(0, len(payload), piece or len(payload)):
+        s.sendall(payload[i:i + (piece or len(payload))])
+        if piece:
+            time.sleep(0.003)
+    magic, error, got = struct.unpack(">IIQ", s.recv(16, socket.MSG_WAITALL))
+    if (magic, error, got) != (0x67446698, 0, cookie):
+        raise SystemExit("write %d was not answered well: %x %d %d" % (cookie, magic, error, got))
+
+
+torn, partial = [], 0
+for rnd in range(6):
+    old, new = bytes([rnd + 1]) * MiB, b"\xaa" * MiB
+    write(old, 2 * rnd)         # acknowledged: dirty, read by the next snapshot
+    snaps = []
+
+    def snapshot():
+        time.sleep(0.2 + 0.1 * rnd)
+        out = subprocess.run([KILN, "snapshot", "create", BLANK], capture_output=True, text=True)
+        snaps.append(out.stdout.strip() if out.returncode == 0 else "failed: " + out.stderr)
+
+    t = threading.Thread(target=snapshot)
+    t.start()
+    write(new, 2 * rnd + 1, piece=3000)
+    t.join()
+    if snaps[0].startswith("failed"):
+        raise SystemExit("snapshot during the write: " + snaps[0])
+    subprocess.run([KILN, "snapshot", "export", snaps[0], path], check=True)
+    data = open(path, "rb")
+    data.seek(OFF)
+    got = data.read(MiB)
+    data.close()
+    os.unlink(path)
+    # every 4 KiB block of the volume: old or new, whole
+    nnew = 0
+    for b in range(OFF // 4096, (OFF + MiB - 1) // 4096 + 1):
+        lo, hi = max(b * 4096, OFF) - OFF, min((b + 1) * 4096, OFF + MiB) - OFF
+        if got[lo:hi] == new[lo:hi]:
+            nnew += 1
+        elif got[lo:hi] != old[lo:hi]:
+            torn.append((rnd, b))
+    if 0 < nnew < MiB // 4096:
+        partial += 1
+if torn:
+    raise SystemExit("torn 4 KiB blocks in online snapshots (round, block): %s" % torn[:5])
+print("%d of 6 snapshots fell inside the trickled write" % partial)
+if partial == 0:
+    raise SystemExit("no snapshot fell inside the write: the test tests nothing")
+EOF
+SOCK=$NBD_SOCK /usr/bin/python3 "$TMPDIR/torn.py" || { nbd_log_tail; fail "a trickled write in online snapshots"; }
+stop_nbd
+
 # over TCP: 1 MiB writes into a blank volume, then 1 MiB reads of them
 port=$(free_tcp_port)
 start_nbd_tcp "127.0.0.1:$port"
