@@ -224,16 +224,19 @@ check_eq "$gone" yes "kiln-nbd --exit-with-parent (without --foreground) exited 
 
 # ---- snapshots through the control socket: a silent client, a closing export ----
 ctl=$KILN_STORE/regions/us-east-1/volumes/$blank.ctl
-# hold_export: an NBD client keeps $blank exported (in the background,
-# pid in $holder) until killed; returns once its control socket is there
+# hold_export [VOL [SECONDS]]: an NBD client keeps VOL ($blank) exported
+# (in the background, pid in $holder) for SECONDS (30) or until killed;
+# returns once its control socket is there
 hold_export() {
+	local v=${1:-$blank}
 	/usr/bin/python3 -c 'import nbd, sys, time
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
-time.sleep(30)' "$(nbd_uri "$blank")" &
+time.sleep(int(sys.argv[2]))' "$(nbd_uri "$v")" "${2:-30}" &
 	holder=$!
 	cleanup_fn "kill $holder 2>/dev/null"
-	wait_until 10 test -S "$ctl" || fail "no control socket $ctl while $blank is exported"
+	wait_until 10 test -S "$KILN_STORE/regions/us-east-1/volumes/$v.ctl" ||
+		fail "no control socket while $v is exported"
 }
 # say_nothing: a client connects to the control socket and sends nothing
 say_nothing() {
@@ -300,14 +303,9 @@ stop_nbd
 export KILN_STALL_POINT=snapshot:capture:11
 start_nbd
 unset KILN_STALL_POINT
+hold_export "$vol" 40
+holder2=$holder
 hold_export
-/usr/bin/python3 -c 'import nbd, sys, time
-h = nbd.NBD()
-h.connect_uri(sys.argv[1])
-time.sleep(40)' "$(nbd_uri "$vol")" &
-holder2=$!
-cleanup_fn "kill $holder2 2>/dev/null"
-wait_until 10 test -S "$KILN_STORE/regions/us-east-1/volumes/$vol.ctl" || fail "no control socket for $vol"
 start=$(date +%s)
 timeout 60 "$KILN" snapshot create "$vol" >"$TMPDIR/first.snap" 2>&1 &
 first=$!

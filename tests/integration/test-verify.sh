@@ -202,17 +202,21 @@ cmp_snapshot "$st" "$t1"
 make_random "$TMPDIR/tiny.raw" 64K tiny
 tv=$(kiln volume import "$TMPDIR/tiny.raw")
 for i in $(seq 150); do kiln snapshot create "$tv"; done >"$TMPDIR/tiny.snaps"
+# verify_beside PID WHAT MIN: verify in a loop until PID ends; every run
+# must be clean, PID must succeed, and at least MIN runs must have run
+verify_beside() {
+	local n=0
+	while kill -0 "$1" 2>/dev/null; do
+		kiln store verify >"$TMPDIR/race.out" 2>&1 || fail "verify beside $2: $(head -5 "$TMPDIR/race.out")"
+		n=$((n + 1))
+	done
+	wait "$1" || fail "the $2 beside verify failed"
+	echo "$n verifies ran beside $2"
+	[ $n -ge "$3" ] || fail "only $n verifies ran beside $2: the test tests little"
+	verify_clean
+}
 (while read -r s; do kiln snapshot delete "$s"; done <"$TMPDIR/tiny.snaps") &
-deleter=$!
-n=0
-while kill -0 $deleter 2>/dev/null; do
-	kiln store verify >"$TMPDIR/race.out" 2>&1 || fail "verify beside deletes: $(cat "$TMPDIR/race.out")"
-	n=$((n + 1))
-done
-wait $deleter || fail "the deletes beside verify failed"
-echo "$n verifies ran beside the deletes"
-[ $n -ge 5 ] || fail "only $n verifies ran beside the deletes: the test tests little"
-verify_clean
+verify_beside $! deletes 5
 
 # ... and beside imports (chunks stored after verify listed them) and gc
 # (chunks moved to new packs, or gone, after it listed them). Without the
@@ -227,14 +231,5 @@ for i in 1 2 3; do make_random "$TMPDIR/churn$i.raw" 8M "churn$i"; done
 		kiln store gc >/dev/null || exit 1
 	done
 ) &
-churn=$!
-n=0
-while kill -0 $churn 2>/dev/null; do
-	kiln store verify >"$TMPDIR/race.out" 2>&1 || fail "verify beside imports and gc: $(head -5 "$TMPDIR/race.out")"
-	n=$((n + 1))
-done
-wait $churn || fail "the imports, deletes and gc beside verify failed"
-echo "$n verifies ran beside imports and gc"
-[ $n -ge 3 ] || fail "only $n verifies ran beside imports and gc: the test tests little"
-verify_clean
+verify_beside $! "imports, deletes and gc" 3
 finish
