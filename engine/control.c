@@ -37,6 +37,7 @@
 #define CONTROL_LINE_MAX 4096
 #define CONTROL_KEEPALIVE_MS 1000
 #define CONTROL_SILENCE_MS 10000
+#define CONTROL_REQUEST_MS 2000         /* for a request line to arrive */
 
 static int control_addr(struct kiln_region *rg, const char *volume_id, struct sockaddr_un *sa)
 {
@@ -86,26 +87,33 @@ void kiln_volume_control_close(struct kiln_volume *v, int fd)
 		unlinkat(v->region->volumes_dirfd, name, 0);
 }
 
-/* One line; with timeout_ms >= 0, -ETIMEDOUT after that long without a
- * byte (the server side relies on SO_RCVTIMEO instead). */
+static int64_t now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* One line, -ETIMEDOUT unless all of it arrives within timeout_ms: a
+ * peer that sends a byte now and then holds nobody for longer. */
 static ssize_t read_line(int fd, char *buf, size_t cap, int timeout_ms)
 {
+	int64_t deadline = now_ms() + timeout_ms;
 	size_t n = 0;
 
 	while (n + 1 < cap) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int64_t left = deadline - now_ms();
+		int k = left > 0 ? poll(&p, 1, (int)left) : 0;
 		ssize_t r;
 
-		if (timeout_ms >= 0) {
-			struct pollfd p = { .fd = fd, .events = POLLIN };
-			int k = poll(&p, 1, timeout_ms);
-
-			if (k < 0 && errno == EINTR)
-				continue;
-			if (k < 0)
-				return -errno;
-			if (k == 0)
-				return -ETIMEDOUT;
-		}
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			return -ETIMEDOUT;
 		r = read(fd, buf + n, 1);
 		if (r < 0) {
 			if (errno == EINTR)
@@ -206,6 +214,18 @@ static void keepalive_stop(struct keepalive *k)
 	pthread_mutex_destroy(&k->lock);
 }
 
+/* The owner's turn for a request's work; EAGAIN when it is stopping. */
+static int begin_work(const struct kiln_control_ops *ops)
+{
+	return !ops || !ops->begin || ops->begin(ops->opaque) ? 0 : -EAGAIN;
+}
+
+static void end_work(const struct kiln_control_ops *ops)
+{
+	if (ops && ops->end)
+		ops->end(ops->opaque);
+}
+
 #define SET_MAX 32
 
 /* SNAPSHOT-SET: resolve every volume through the owner's ops, then one
@@ -253,7 +273,11 @@ static int serve_set(int client_fd, char *args, const struct kiln_control_ops *o
 
 		r = keepalive_start(&k, client_fd);
 		if (r == 0) {
-			r = kiln_volumes_snapshot(vols, n, account, desc, ids);
+			r = begin_work(ops);
+			if (r == 0) {
+				r = kiln_volumes_snapshot(vols, n, account, desc, ids);
+				end_work(ops);
+			}
 			keepalive_stop(&k);
 		}
 	}
@@ -293,7 +317,7 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct
 	ssize_t n;
 	int r;
 
-	n = read_line(client_fd, line, sizeof line, -1);
+	n = read_line(client_fd, line, sizeof line, CONTROL_REQUEST_MS);
 	if (n < 0)
 		return (int)n;
 	if (strncmp(line, "SNAPSHOT-SET ", 13) == 0)
@@ -315,7 +339,11 @@ int kiln_volume_control_serve(struct kiln_volume *v, int client_fd, const struct
 	r = keepalive_start(&k, client_fd);
 	if (r < 0)
 		return r;
-	r = kiln_volume_snapshot(v, account, desc, NULL, NULL, id);
+	r = begin_work(ops);
+	if (r == 0) {
+		r = kiln_volume_snapshot(v, account, desc, NULL, NULL, id);
+		end_work(ops);
+	}
 	keepalive_stop(&k);
 	if (r < 0)
 		snprintf(reply, sizeof reply, "ERR %d\n", -r);

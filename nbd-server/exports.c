@@ -351,7 +351,42 @@ static void ctl_release(void *opaque, struct kiln_volume *v)
 	export_put(e);
 }
 
-static const struct kiln_control_ops ctl_ops = { ctl_acquire, ctl_release, NULL };
+/* One request's work at a time (they would queue on the region lock
+ * anyway), and none once the daemon is stopping: the requests still
+ * waiting are refused (EAGAIN) rather than served one by one before it
+ * may exit, and their clients try again. */
+static pthread_mutex_t ctl_work_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ctl_work_free = PTHREAD_COND_INITIALIZER;
+static bool ctl_working;
+static bool ctl_refusing;                /* control_refuse() was called */
+
+static bool ctl_begin(void *opaque)
+{
+	bool go;
+
+	(void)opaque;
+	pthread_mutex_lock(&ctl_work_lock);
+	while (ctl_working && !ctl_refusing)
+		pthread_cond_wait(&ctl_work_free, &ctl_work_lock);
+	go = !ctl_refusing;
+	if (go)
+		ctl_working = true;
+	pthread_mutex_unlock(&ctl_work_lock);
+	return go;
+}
+
+static void ctl_end(void *opaque)
+{
+	(void)opaque;
+	pthread_mutex_lock(&ctl_work_lock);
+	ctl_working = false;
+	pthread_cond_broadcast(&ctl_work_free);
+	pthread_mutex_unlock(&ctl_work_lock);
+}
+
+static const struct kiln_control_ops ctl_ops = {
+	.acquire = ctl_acquire, .release = ctl_release, .begin = ctl_begin, .end = ctl_end,
+};
 
 #define CONTROL_READ_TIMEOUT 2      /* seconds for a request line to arrive */
 
@@ -484,10 +519,22 @@ int control_start(void)
 	return 0;
 }
 
+/* The daemon is stopping: requests not yet at work are refused from now
+ * on. First thing on SIGTERM: the connections' last flushes may wait
+ * behind snapshots, and must not wait behind ones that were only asked for. */
+void control_refuse(void)
+{
+	pthread_mutex_lock(&ctl_work_lock);
+	ctl_refusing = true;
+	pthread_cond_broadcast(&ctl_work_free);
+	pthread_mutex_unlock(&ctl_work_lock);
+}
+
 void control_stop(void)
 {
 	if (!control_running)
 		return;
+	control_refuse();
 	control_running = false;
 	wake_control();
 	pthread_join(control_thread, NULL);

@@ -539,6 +539,7 @@ int main(int argc, char **argv)
 		close(lfds[i]);
 	if (unix_path)
 		unlink(unix_path);
+	control_refuse();
 	precapture_stop();
 	stop_connections();
 	reap(true);

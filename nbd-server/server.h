@@ -70,6 +70,7 @@ int exports_list(int (*fn)(void *opaque, const char *name, const char *descripti
 void exports_close_all(void);
 /* The control thread: answers `kiln snapshot create` for exported volumes. */
 int control_start(void);
+void control_refuse(void);
 void control_stop(void);
 
 /* ---- conn: one client connection ------------------------------------ */

@@ -268,6 +268,11 @@ struct kiln_control_ops {
 	 * (an instance's image): NULL if not ours. release gives it back. */
 	struct kiln_volume *(*acquire)(void *opaque, const char *volume_id);
 	void (*release)(void *opaque, struct kiln_volume *volume);
+	/* Around the work of a request, when set: begin waits for the owner's
+	 * turn and returns false when it is stopping (the request is then
+	 * refused with EAGAIN and its client tries again). */
+	bool (*begin)(void *opaque);
+	void (*end)(void *opaque);
 	void *opaque;
 };
 int kiln_volume_control_listen(struct kiln_volume *volume, int *ret_fd);

@@ -318,6 +318,42 @@ assert_id snap "$(cat "$TMPDIR/first.snap")"
 kill "$holder" "$holder2"
 stop_nbd
 
+# SIGTERM with four snapshots asked for (3 s each): the one at work
+# finishes, the others are refused (their clients try again) instead of
+# served one after another, so the daemon is gone in well under 10 s. A
+# client that sends its request a byte every 1.5 s holds nothing up either.
+export KILN_STALL_POINT=snapshot:capture:3
+start_nbd
+unset KILN_STALL_POINT
+hold_export
+/usr/bin/python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+for c in b"SNAPSHOT 123456789012 \n":
+    s.send(bytes([c]))
+    time.sleep(1.5)' "$ctl" 2>/dev/null &
+cleanup_fn "kill $! 2>/dev/null"
+pids=()
+for i in 1 2 3 4; do
+	timeout 60 "$KILN" snapshot create "$blank" >"$TMPDIR/term$i.out" 2>&1 &
+	pids+=($!)
+done
+sleep 1
+start=$(date +%s)
+stop_nbd                                # fails unless it exits within 10 s
+took=$(($(date +%s) - start))
+((took <= 5)) || fail "SIGTERM with snapshots asked for took $took s"
+ok=0
+for i in 1 2 3 4; do
+	if wait "${pids[$((i - 1))]}"; then
+		ok=$((ok + 1))
+	else
+		grep -q "is in use" "$TMPDIR/term$i.out" || fail "snapshot $i beside SIGTERM: $(cat "$TMPDIR/term$i.out")"
+	fi
+done
+((ok >= 1)) || fail "not even the snapshot at work when SIGTERM came was taken"
+kill "$holder" 2>/dev/null
+
 # A daemon stopped in the middle of a snapshot: kiln gives up and says so,
 # and the daemon, resumed, finishes the snapshot but cannot tell anyone:
 # it deletes it, since its client was told it failed.
