@@ -31,12 +31,17 @@ cleanup_fn umount "$TMPDIR/mnt"
 export KILN_STORE=$TMPDIR/mnt/store
 kiln init >/dev/null 2>&1 || fail "init on the loop mount"
 
+# cow_of FILE: import FILE, snapshot it, and print a volume made from
+# the snapshot, with the store on disk
+cow_of() {
+	local v s
+	v=$(kiln volume import "$1") && s=$(kiln snapshot create "$v") &&
+		kiln volume create --snapshot-id "$s" && sync
+}
+
 make_random "$TMPDIR/img.raw" 4M base
 make_random "$TMPDIR/new.raw" 1M new
-vol=$(kiln volume import "$TMPDIR/img.raw")
-s0=$(kiln snapshot create "$vol")
-cow=$(kiln volume create --snapshot-id "$s0")
-sync
+cow=$(cow_of "$TMPDIR/img.raw") || fail "a volume of a snapshot of img.raw"
 
 start_nbd
 # The client stays connected: a connection's end flushes the volume.
@@ -91,10 +96,7 @@ EOF
 export KILN_STORE=$TMPDIR/mnt/store2
 kiln init --chunk-size 128K >/dev/null 2>&1 || fail "init with 128 KiB chunks"
 make_random "$TMPDIR/base2.raw" 32M base2
-vol2=$(kiln volume import "$TMPDIR/base2.raw")
-s2=$(kiln snapshot create "$vol2")
-cow2=$(kiln volume create --snapshot-id "$s2")
-sync
+cow2=$(cow_of "$TMPDIR/base2.raw") || fail "a volume of a snapshot of base2.raw"
 start_nbd
 # The writer kills the daemon itself halfway through its one pass over
 # the chunks, while it has writes in flight and flushes keep coming.

@@ -279,6 +279,24 @@ static void test_refused(void **state)
 	assert_rc(kiln_volume_close(v), 0);
 }
 
+/* A plain write with the file size limit at limit bytes (it stands in
+ * for a full disk); the limit is as it was afterwards. */
+static int write_limited(struct kiln_volume *v, const void *buf, uint64_t len, uint64_t off,
+			 rlim_t limit)
+{
+	struct rlimit old, lim;
+	int r;
+
+	signal(SIGXFSZ, SIG_IGN);
+	assert_rc(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = limit;
+	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	r = kiln_volume_write(v, buf, len, off);
+	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	return r;
+}
+
 /* The overlay refuses a part (the file size limit stands in for a full
  * disk): the later parts are still taken from the pipe, the write ends
  * with the error, and no chunk changes. A part the pipe does not hold
@@ -321,10 +339,7 @@ static void test_failed_part(void **state)
 	/* Under a plain write over whole BASE chunks 1 and 2, the limit in
 	 * the middle of 1: chunk 1 stays BASE and what landed never shows,
 	 * also once it is zeroed whole and written again. */
-	lim.rlim_cur = CS + CS / 2;
-	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
-	r = kiln_volume_write(f.v, f.src, 2 * CS, CS);
-	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	r = write_limited(f.v, f.src, 2 * CS, CS, CS + CS / 2);
 	assert_int_equal(r, -EFBIG);
 	assert_volume_is(f.v, f.model);
 	assert_rc(kiln_volume_write_zeroes(f.v, CS, CS), 0);
@@ -332,7 +347,6 @@ static void test_failed_part(void **state)
 	assert_rc(kiln_volume_write(f.v, "y", 1, CS + 5), 0);
 	f.model[CS + 5] = 'y';
 	assert_volume_is(f.v, f.model);
-	lim.rlim_cur = 5 * CS;
 
 	/* The same limit under a plain write over LOCAL chunks 4 and 5: what
 	 * landed is dirty, so the next snapshot reads what the volume reads. */
@@ -340,9 +354,7 @@ static void test_failed_part(void **state)
 	memcpy(f.model + 4 * CS, f.src, 2 * CS);
 	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
 	unit_fill_random(f.src, 4 * CS, 6);
-	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
-	r = kiln_volume_write(f.v, f.src, 2 * CS, 4 * CS);
-	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	r = write_limited(f.v, f.src, 2 * CS, 4 * CS, 5 * CS);
 	assert_int_equal(r, -EFBIG);
 	assert_rc(kiln_volume_read(f.v, f.back, f.size, 0), 0);
 	assert_rc(kiln_volume_snapshot(f.v, ACCOUNT, NULL, NULL, NULL, snap), 0);
@@ -417,7 +429,6 @@ static void test_failed_whole_base_write_big_chunks(void **state)
 	struct unit_store *u = unit_store_new(big);
 	uint8_t *model = malloc(4 * big), *src = malloc(big), *buf = malloc(4 * big);
 	char vol[KILN_ID_MAX], snap[KILN_ID_MAX], cow[KILN_ID_MAX];
-	struct rlimit old, lim;
 	struct kiln_volume *v;
 	int r;
 
@@ -435,13 +446,8 @@ static void test_failed_whole_base_write_big_chunks(void **state)
 	v = open_volume(u->region, cow, KILN_OPEN_WRITE);
 
 	unit_fill_random(src, big, 32);
-	signal(SIGXFSZ, SIG_IGN);
-	assert_rc(getrlimit(RLIMIT_FSIZE, &old), 0);
-	lim = old;
-	lim.rlim_cur = big + big / 2;       /* the first 64 KiB piece of chunk 1 fits */
-	assert_rc(setrlimit(RLIMIT_FSIZE, &lim), 0);
-	r = kiln_volume_write(v, src, big, big);
-	assert_rc(setrlimit(RLIMIT_FSIZE, &old), 0);
+	/* the first 64 KiB piece of chunk 1 fits */
+	r = write_limited(v, src, big, big, big + big / 2);
 	assert_int_equal(r, -EFBIG);
 	assert_rc(kiln_volume_read(v, buf, 4 * big, 0), 0);
 	assert_memory_equal(buf, model, 4 * big);
